@@ -1,0 +1,507 @@
+"""``Con2Detector``: the scikit-learn estimator around the torch code."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from con2._compat import HasMethods, Interval, StrOptions, _fit_context
+from con2._input import validate_images
+from con2._training import (
+    EpochPlan,
+    alpha_schedule,
+    build_optimizer,
+    embed_views,
+    make_test_time_views,
+    train_epoch,
+)
+from con2._utils import derive_seed, loadable_device, make_generator, move, resolve_device
+from con2.augment import SimCLRAugment
+from con2.contexts import CONTEXTS, check_context, resolve_contexts
+from con2.losses import Con2Loss
+from con2.networks import BACKBONES, Encoder
+from con2.scorers import SCORERS, resolve_scorer
+
+AUTO_CONTAMINATION = 0.01  # what contamination="auto" means: a 1% false-positive target
+_CHECK_SAMPLES = 256  # images check_context looks at during fit
+_SCORE_CHUNK_BYTES = 2**28  # embeddings handed to the scorer at once
+_TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_")
+
+
+class Con2Detector(OutlierMixin, BaseEstimator):
+    """Image anomaly detector trained by contrasting contexts (Con2).
+
+    Fit it on normal images only. Each image is seen in two contexts, itself and a context
+    augmentation of it (a vertical flip, say); a ResNet learns representations that
+    cluster by context (context contrasting) and match image by image across the
+    clusters (content alignment). New images are scored by how well their
+    representations, under a fixed set of test-time augmentations in both contexts, fit
+    the training representations [1]_.
+
+    Parameters
+    ----------
+    context : {"vflip", "invert", "equalize"}, ContextAugmentation, list or None, \
+            default="vflip"
+        The context augmentation(s). A list trains with several contexts (paper F.3).
+        ``None`` trains without context: plain SimCLR instance discrimination, the
+        paper's baseline. See :func:`con2.check_context` for choosing one.
+    scorer : {"nnd", "lh"} or scorer object, default="nnd"
+        ``"nnd"``: cosine similarity to the nearest training image
+        (:class:`~con2.scorers.NearestNeighborScorer`, keeps all training embeddings).
+        ``"lh"``: Gaussian log-likelihood (:class:`~con2.scorers.GaussianScorer`, keeps a
+        mean and covariance per view). An object is cloned at fit, never modified.
+    backbone : "resnet18" or callable, default="resnet18"
+        ResNet18 from scratch (3x3 stem up to 64 px, ImageNet stem above), or a callable
+        ``backbone(image_shape) -> nn.Module`` mapping (batch, C, H, W) to (batch,
+        embed_dim) with an ``embed_dim`` attribute; it is called anew at every fit.
+    base_width : int, default=64
+        Channels of the first ResNet stage (64 is the standard ResNet18). Smaller widths
+        train much faster on a CPU, at some cost in accuracy.
+    image_shape : tuple of int, default=None
+        ``(n_channels, height, width)`` of 2-D input rows (flattened in that order), or to
+        resolve an ambiguous channel axis of 4-D input. Without it, 2-D rows are images of
+        height 1.
+    value_range : tuple of float, default=None
+        Intensity range ``(low, high)`` of the pixel values, mapped linearly to [0, 1]:
+        e.g. ``(0, 4095)`` for 12-bit x-rays. ``None`` accepts ``uint8`` (0..255) and
+        floats in [0, 1] and rejects anything else.
+    n_epochs : int, default=100
+        Passes over the training images.
+    batch_size : int, default=256
+        Images per step (each gives 4 views with one context). Clipped to the number of
+        training images; the last incomplete batch of an epoch is dropped.
+    learning_rate : float, default=1e-3
+        AdamW learning rate, annealed to 0 by a cosine schedule.
+    weight_decay : float, default=1e-3
+        AdamW weight decay.
+    temperature : float, default=0.2
+        Softmax temperature of both loss terms.
+    alpha_max : float, default=1.0
+        Final weight of content alignment; the weight rises linearly from 0.
+    n_test_augmentations : int, default=16
+        Number ``A`` of fixed test-time augmentations, split evenly over the contexts
+        (the paper uses 40). Scoring cost grows linearly with it.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Share of training images to flag, which sets ``offset_`` from the training scores
+        (leave-one-out for ``"nnd"``: no image is its own neighbour). ``"auto"`` means
+        0.01, a false-positive rate of about 1% on normal images.
+    device : str, default="auto"
+        ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, augmentations and batch order. Torch's global
+        random state is never touched.
+    verbose : int, default=0
+        0: silent. 1: a progress bar over epochs. 2: also one line per epoch.
+
+    Attributes
+    ----------
+    encoder_ : con2.networks.Encoder
+        The trained backbone and projection heads, on ``device_``.
+    contexts_ : tuple of ContextAugmentation
+        The resolved context augmentations.
+    scorer_ : object
+        The fitted scorer.
+    views_ : TestTimeViews
+        The fixed test-time augmentations.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    image_shape_ : tuple of int
+        ``(n_channels, height, width)`` of the training images.
+    n_features_in_ : int
+        Pixel values per image, ``prod(image_shape_)``.
+    device_ : torch.device
+        Where the network runs.
+
+    See Also
+    --------
+    con2.check_context : Measure whether a context suits your images.
+
+    References
+    ----------
+    .. [1] Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for
+       Anomaly Detection", 2024. https://arxiv.org/abs/2405.18848
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from con2 import Con2Detector
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((64, 1, 16, 16)) * np.linspace(0, 1, 16)[:, None]  # dark at the top
+    >>> det = Con2Detector(base_width=4, n_epochs=2, batch_size=32, random_state=0).fit(X)
+    >>> det.predict(X[:4]).shape
+    (4,)
+    """
+
+    _parameter_constraints: dict = {
+        "context": [StrOptions(set(CONTEXTS)), HasMethods(["__call__"]), list, tuple, None],
+        "scorer": [StrOptions(set(SCORERS)), HasMethods(["fit", "score_samples"])],
+        "backbone": [StrOptions(set(BACKBONES)), callable],
+        "base_width": [Interval(Integral, 1, None, closed="left")],
+        "image_shape": [tuple, list, None],
+        "value_range": [tuple, list, None],
+        "n_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "alpha_max": [Interval(Real, 0, None, closed="left")],
+        "n_test_augmentations": [Interval(Integral, 1, None, closed="left")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        context="vflip",
+        scorer="nnd",
+        backbone="resnet18",
+        base_width=64,
+        image_shape=None,
+        value_range=None,
+        n_epochs=100,
+        batch_size=256,
+        learning_rate=1e-3,
+        weight_decay=1e-3,
+        temperature=0.2,
+        alpha_max=1.0,
+        n_test_augmentations=16,
+        contamination="auto",
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.context = context
+        self.scorer = scorer
+        self.backbone = backbone
+        self.base_width = base_width
+        self.image_shape = image_shape
+        self.value_range = value_range
+        self.n_epochs = n_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.alpha_max = alpha_max
+        self.n_test_augmentations = n_test_augmentations
+        self.contamination = contamination
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the encoder on normal images ``X`` and fit the scorer.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width), (n_samples, n_channels, \
+                height, width), (n_samples, height, width, n_channels) or \
+                (n_samples, n_features)
+            Normal images, ``uint8`` or floats in [0, 1] (see ``value_range``).
+        y : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        self : Con2Detector
+        """
+        self._fit(validate_images(self, X, reset=True))
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_predict(self, X, y=None):
+        """Fit on ``X`` and label each training image; same as ``fit(X).predict(X)``.
+
+        Reuses the leave-one-out training scores computed during ``fit``.
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int
+            +1 for inliers, -1 for outliers.
+        """
+        scores = self._fit(validate_images(self, X, reset=True))
+        return _labels(scores - self.offset_)
+
+    def score_samples(self, X):
+        """Return the normality score of each image: the higher, the more normal.
+
+        Parameters
+        ----------
+        X : array-like of images
+            In any layout :meth:`fit` accepts, with the training image shape.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,), float64
+            Mean over test-time views of the cosine similarity to the nearest training
+            image (``"nnd"``) or of the Gaussian log-density (``"lh"``). A training image
+            is scored leave-one-out.
+        """
+        check_is_fitted(self)
+        return self._score(validate_images(self, X, reset=False))
+
+    def decision_function(self, X):
+        """Return ``score_samples(X) - offset_``; negative values are anomalies.
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in :meth:`score_samples`.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,), float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label images as normal (+1) or anomalous (-1).
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in :meth:`score_samples`.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), int
+        """
+        return _labels(self.decision_function(X))
+
+    def embed(self, X):
+        """Return the L2-normalised backbone features of the images (no augmentation).
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in :meth:`score_samples`.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_samples, embed_dim), float32
+        """
+        check_is_fitted(self)
+        images = validate_images(self, X, reset=False)
+        z = embed_views(self.encoder_, images, None, self._forward_size(self.device_), self.device_)
+        return z[0].cpu().numpy()
+
+    def _fit(self, images):
+        """Train and fit the scorer; return leave-one-out training scores (float64)."""
+        n_samples = images.shape[0]
+        if n_samples < 2:
+            raise ValueError(
+                f"Con2Detector needs at least 2 training images; got n_samples={n_samples}."
+            )
+        if images[0].numel() < 2:
+            raise ValueError(
+                "Con2Detector needs images of more than one pixel; got n_features=1 "
+                f"(image shape {tuple(images.shape[1:])})."
+            )
+        contexts = resolve_contexts(self.context)
+        scorer = resolve_scorer(self.scorer)
+        if self.n_test_augmentations < len(contexts) + 1:
+            raise ValueError(
+                f"n_test_augmentations={self.n_test_augmentations} is fewer than the "
+                f"{len(contexts) + 1} contexts; each context needs at least one view."
+            )
+        self._warn_on_weak_contexts(images, contexts)
+        device = resolve_device(self.device)
+        seed = derive_seed(self.random_state)
+        generator = make_generator(seed, device)
+        image_shape = tuple(images.shape[1:])
+        encoder = _build_encoder(self.backbone, self.base_width, image_shape, seed, contexts)
+        plan = EpochPlan(
+            images=_place(images, device),
+            contexts=contexts,
+            augment=SimCLRAugment(),
+            batch_size=min(self.batch_size, n_samples),
+            generator=generator,
+        )
+        loss_curve = self._train(encoder.to(device), plan)
+        views = make_test_time_views(
+            self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
+        )
+        embeddings = embed_views(encoder, plan.images, views, self._forward_size(device), device)
+        scorer.fit(embeddings)
+        loo = getattr(scorer, "leave_one_out", False)
+        exclude = torch.arange(n_samples, device=device) if loo else None
+        scores = scorer.score_samples(embeddings, exclude).cpu().numpy()
+        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
+        # Fitted state is assigned only now, so a failed fit leaves the previous state.
+        self.encoder_, self.contexts_, self.scorer_, self.views_ = encoder, contexts, scorer, views
+        self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, loss_curve
+        self._train_index = _hash_index(images) if loo else None
+        self.offset_ = float(np.percentile(scores, 100 * contamination))
+        return scores
+
+    def _train(self, encoder, plan: EpochPlan) -> list:
+        loss_fn = Con2Loss(self.temperature)
+        n_steps = self.n_epochs * (plan.images.shape[0] // plan.batch_size)
+        optimizer, scheduler = build_optimizer(
+            encoder, self.learning_rate, self.weight_decay, n_steps
+        )
+        alphas = alpha_schedule(self.alpha_max, n_steps)
+        loss_curve = []
+        bar = tqdm(range(self.n_epochs), desc="Con2 fit", unit="epoch", disable=not self.verbose)
+        for epoch in bar:
+            loss = float(train_epoch(encoder, loss_fn, optimizer, scheduler, plan, alphas))
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"The training loss became {loss} in epoch {epoch + 1}. Lower "
+                    f"learning_rate (now {self.learning_rate}) or raise temperature (now "
+                    f"{self.temperature}); the estimator keeps its previous state."
+                )
+            loss_curve.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.verbose >= 2:
+                bar.write(f"epoch {epoch + 1}/{self.n_epochs}: loss {loss:.4f}")
+        return loss_curve
+
+    def _score(self, images) -> np.ndarray:
+        exclude = self._training_indices(images)
+        chunk = max(1, _SCORE_CHUNK_BYTES // (4 * len(self.views_) * self._embed_dim()))
+        scores = []
+        for start in range(0, images.shape[0], chunk):
+            z = embed_views(
+                self.encoder_, images[start : start + chunk], self.views_,
+                self._forward_size(self.device_), self.device_,
+            )  # fmt: skip
+            part = None if exclude is None else exclude[start : start + chunk].to(z.device)
+            scores.append(self.scorer_.score_samples(z, part).cpu())
+        return torch.cat(scores).numpy().astype(np.float64, copy=False)
+
+    def _training_indices(self, images):
+        """For leave-one-out scorers: the training index of each image, or -1."""
+        if self._train_index is None:
+            return None
+        return torch.tensor([self._train_index.get(_digest(x), -1) for x in images])
+
+    def _forward_size(self, device) -> int:
+        """Return the number of views per forward pass when embedding.
+
+        Small on the CPU, where throughput hardly depends on batch size; large on CUDA.
+        """
+        return 32 if device.type == "cpu" else 4 * self.batch_size
+
+    def _embed_dim(self) -> int:
+        return self.encoder_.head_content.net[0].in_features
+
+    def _warn_on_weak_contexts(self, images, contexts):
+        if not contexts or images.shape[0] < 3:
+            return
+        reports = check_context(
+            images, list(contexts), max_samples=_CHECK_SAMPLES, image_shape=images.shape[1:]
+        )
+        for report in reports:
+            if not report.passed:
+                warnings.warn(
+                    f"Context check failed: {report}. Con2 relies on a context that is "
+                    "distinctive and aligned on the normal images; consider another context "
+                    "(see con2.check_context).",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        # CUDA kernels (cuDNN convolutions, atomics) are not bitwise reproducible.
+        tags.non_deterministic = self.device != "cpu" and torch.cuda.is_available()
+        return tags
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: never alter the live object
+        if state.get("device_") is not None and state["device_"].type != "cpu":
+            moved = move(tuple(state[k] for k in _TORCH_STATE), "cpu")
+            state.update(zip(_TORCH_STATE, moved, strict=True))
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        device = state.get("device_")
+        if device is not None:
+            self.device_ = loadable_device(device)
+            if self.device_.type != "cpu":
+                moved = move(tuple(state[k] for k in _TORCH_STATE), self.device_)
+                self.__dict__.update(zip(_TORCH_STATE, moved, strict=True))
+
+
+def _labels(decision: np.ndarray) -> np.ndarray:
+    labels = np.ones_like(decision, dtype=int)
+    labels[decision < 0] = -1
+    return labels
+
+
+def _build_encoder(backbone, base_width, image_shape, seed, contexts) -> Encoder:
+    """Build a fresh encoder on the CPU with weights drawn from ``seed``.
+
+    ``fork_rng`` restores torch's global CPU random state afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(backbone, str):
+            net = BACKBONES[backbone](image_shape, base_width)
+        else:
+            net = backbone(image_shape)
+        _check_backbone(net, image_shape)
+        return Encoder(net, context_head=bool(contexts))
+
+
+def _check_backbone(net, image_shape) -> None:
+    if not isinstance(net, torch.nn.Module) or not isinstance(getattr(net, "embed_dim", None), int):
+        raise TypeError(
+            "backbone(image_shape) must return a torch.nn.Module with an integer `embed_dim` "
+            f"attribute; got {type(net).__name__}."
+        )
+    was_training = net.training
+    net.eval()  # no batch-norm statistics are updated by the probe
+    with torch.no_grad():
+        out = net(torch.zeros(2, *image_shape))
+    net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, net.embed_dim):
+        raise ValueError(
+            f"backbone must map (batch, {', '.join(map(str, image_shape))}) to (batch, "
+            f"embed_dim={net.embed_dim}); got {getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
+def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Keep the training images on the device when they take under a quarter of it."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() < free // 4:
+        return images.to(device)
+    return images.pin_memory()
+
+
+def _digest(image: torch.Tensor) -> bytes:
+    return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
+
+
+def _hash_index(images: torch.Tensor) -> dict:
+    """Map the bytes of each training image to its index (first one wins)."""
+    index = {}
+    for i, image in enumerate(images):
+        index.setdefault(_digest(image), i)
+    return index

@@ -1,0 +1,232 @@
+"""The pure-torch loop: views, one training step, one epoch, and embedding.
+
+Nothing here knows about scikit-learn. Shapes: images are (n_samples, n_channels, height,
+width), ``uint8`` or floats in [0, 1]; views are normalised to [-1, 1] by
+``(x - 0.5) / 0.5`` after the context and the augmentations [paper, appendix D].
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from con2._input import to_float
+from con2.augment import AugmentParams, SimCLRAugment
+from con2.contexts import apply_context
+
+
+def normalize(x: Tensor) -> Tensor:
+    """Map floats in [0, 1] to [-1, 1], the input range of the network."""
+    return (x - 0.5) / 0.5
+
+
+def context_images(x: Tensor, contexts: tuple) -> Tensor:
+    """Stack ``x`` and each context of it: shape ((n_contexts + 1) * batch_size, C, H, W)."""
+    return torch.cat([x, *(apply_context(c, x) for c in contexts)])
+
+
+def make_views(
+    x: Tensor, contexts: tuple, augment: SimCLRAugment, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Two random views of every image in every context.
+
+    Context first, then T, as at test time. View order: draw, then context, then image.
+
+    Parameters
+    ----------
+    x : Tensor of shape (batch_size, n_channels, height, width)
+        Floats in [0, 1].
+    contexts : tuple of ContextAugmentation
+        May be empty (a single context).
+    augment : SimCLRAugment
+        The family T.
+    generator : torch.Generator
+        On the device of ``x``.
+
+    Returns
+    -------
+    views : Tensor of shape (2 * (n_contexts + 1) * batch_size, n_channels, height, width)
+        Normalised views.
+    context_labels : Tensor of shape (n_views,), long
+    instance_labels : Tensor of shape (n_views,), long
+    """
+    batch_size = x.shape[0]
+    stacked = context_images(x, contexts).repeat(2, 1, 1, 1)
+    params = augment.sample(stacked.shape[0], tuple(x.shape[-2:]), generator)
+    views = normalize(augment.apply(stacked, params))
+    n_contexts = len(contexts) + 1
+    context_labels = torch.arange(n_contexts, device=x.device).repeat_interleave(batch_size)
+    instance_labels = torch.arange(batch_size, device=x.device).repeat(n_contexts)
+    return views, context_labels.repeat(2), instance_labels.repeat(2)
+
+
+def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tensor:
+    """One optimisation step on ``batch = (views, context_labels, instance_labels)``.
+
+    Returns the loss as a detached 0-d tensor (no host synchronisation).
+    """
+    views, context_labels, instance_labels = batch
+    with _autocast(views.device):
+        z_context, z_content = encoder(views)
+    loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@dataclass
+class EpochPlan:
+    """What one epoch needs besides the model: data, views and schedule."""
+
+    images: Tensor
+    contexts: tuple
+    augment: SimCLRAugment
+    batch_size: int
+    generator: torch.Generator
+
+
+def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, alphas) -> Tensor:
+    """Run one epoch over shuffled ``plan.images``, dropping the last incomplete batch.
+
+    ``alphas`` yields the content weight of each step. Returns the mean loss as a 0-d
+    tensor on the device, synchronised by the caller once per epoch.
+    """
+    encoder.train()
+    n_samples = plan.images.shape[0]
+    device = plan.generator.device
+    order = torch.randperm(n_samples, generator=plan.generator, device=device)
+    n_batches = n_samples // plan.batch_size
+    total = torch.zeros((), device=device)
+    for index in range(n_batches):
+        batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size]
+        x = to_float(plan.images[batch_indices.to(plan.images.device)].to(device))
+        batch = make_views(x, plan.contexts, plan.augment, plan.generator)
+        total += train_step(encoder, loss_fn, optimizer, batch, next(alphas))
+        scheduler.step()
+    return total / n_batches
+
+
+@dataclass
+class TestTimeViews:
+    """The fixed test-time augmentations: view ``a`` is ``t_a`` applied to context ``k_a``.
+
+    Attributes
+    ----------
+    contexts : tuple of ContextAugmentation
+        The contexts; index 0 of ``view_contexts`` is the image itself.
+    augment : SimCLRAugment
+        The family the transforms were drawn from.
+    params : AugmentParams
+        One parameter set per view, drawn once at fit, on the CPU.
+    view_contexts : Tensor of shape (n_views,), long
+        Context index of each view (0 = the image itself, k = ``contexts[k - 1]``).
+    """
+
+    contexts: tuple
+    augment: SimCLRAugment
+    params: AugmentParams
+    view_contexts: Tensor
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """All views of ``x`` (floats in [0, 1], shape (batch_size, C, H, W)), normalised.
+
+        Returns a tensor of shape (n_views * batch_size, C, H, W), view-major.
+        """
+        batch_size = x.shape[0]
+        stacked = context_images(x, self.contexts)  # ((n_contexts + 1) * batch_size, ...)
+        images = stacked.view(len(self.contexts) + 1, batch_size, *x.shape[1:])
+        views = images[self.view_contexts.to(x.device)].flatten(0, 1)
+        params = self.params.map(lambda t: t.to(x.device).repeat_interleave(batch_size, dim=0))
+        return normalize(self.augment.apply(views, params))
+
+
+def make_test_time_views(
+    n_views: int, contexts: tuple, size: tuple, augment: SimCLRAugment, generator
+) -> TestTimeViews:
+    """Draw ``n_views`` fixed transforms, split as evenly as possible over the contexts.
+
+    With one context augmentation, the first half of the views see the image itself and
+    the second half its context [paper, S_D in appendix B.2].
+    """
+    params = augment.sample(n_views, size, generator).map(lambda t: t.cpu())
+    view_contexts = torch.arange(n_views) * (len(contexts) + 1) // n_views
+    return TestTimeViews(contexts, augment, params, view_contexts)
+
+
+def embed_views(
+    encoder, images: Tensor, views: TestTimeViews | None, forward_size: int, device: torch.device
+) -> Tensor:
+    """Embed every test-time view of every image.
+
+    Every forward pass sees exactly ``forward_size`` views (the last one padded with
+    zeros). Convolution kernels are chosen by batch size, and their float32 results differ
+    between kernels in the last bits; a constant batch size makes an image's embedding
+    bit-identical whichever other images it is scored with.
+
+    Parameters
+    ----------
+    encoder : Encoder
+    images : Tensor of shape (n_samples, n_channels, height, width)
+        Canonical images, on any device.
+    views : TestTimeViews or None
+        None embeds the images themselves (one view, no context, no augmentation).
+    forward_size : int
+        Views per forward pass.
+    device : torch.device
+        Where the network runs.
+
+    Returns
+    -------
+    Tensor of shape (n_views, n_samples, embed_dim), float32, on ``device``.
+    """
+    n_views = 1 if views is None else len(views)
+    per_chunk = max(1, forward_size // n_views)
+    chunks = []
+    encoder.eval()
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], per_chunk):
+            x = to_float(images[start : start + per_chunk].to(device))
+            batch = normalize(x) if views is None else views.apply(x)
+            parts = batch.split(forward_size)
+            z = torch.cat([_padded_embed(encoder, part, forward_size) for part in parts])
+            chunks.append(z.view(n_views, x.shape[0], -1))
+    return torch.cat(chunks, dim=1)
+
+
+def _padded_embed(encoder, x: Tensor, size: int) -> Tensor:
+    n_rows = x.shape[0]
+    if n_rows < size:
+        x = torch.cat([x, x.new_zeros(size - n_rows, *x.shape[1:])])
+    return encoder.embed(x)[:n_rows]
+
+
+@contextlib.contextmanager
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain float32 elsewhere."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def build_optimizer(encoder: nn.Module, learning_rate: float, weight_decay: float, n_steps: int):
+    """AdamW (betas 0.9, 0.999) with cosine annealing over ``n_steps`` steps [appendix E]."""
+    optimizer = torch.optim.AdamW(
+        encoder.parameters(), lr=learning_rate, betas=(0.9, 0.999), weight_decay=weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, n_steps))
+    return optimizer, scheduler
+
+
+def alpha_schedule(alpha_max: float, n_steps: int, start: int = 0):
+    """Yield the content weight per step, rising linearly from 0 to ``alpha_max``."""
+    for step in range(start, n_steps):
+        yield alpha_max * step / max(1, n_steps - 1)

@@ -1,0 +1,270 @@
+"""The SimCLR augmentation family T, per-sample random and batched on the device.
+
+``T`` is random resized crop (scale 0.08-1, aspect ratio 3/4-4/3) with horizontal flip
+(p=0.5), colour jitter (brightness, contrast, saturation 0.4, hue 0.1; applied with
+p=0.8, in a random order per image) and random grayscale (p=0.2) [1]_. Every image of a
+batch gets its own parameters, drawn from a :class:`torch.Generator`; the whole batch is
+transformed with one ``grid_sample`` and a few elementwise kernels, never a Python loop
+over images.
+
+Parameters are drawn first (:meth:`SimCLRAugment.sample`) and applied second
+(:meth:`SimCLRAugment.apply`), so the same parameters can be applied to many images: the
+detector's fixed test-time augmentations are parameters drawn once at ``fit``.
+
+References
+----------
+.. [1] Chen et al., "A Simple Framework for Contrastive Learning of Visual
+   Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["AugmentParams", "SimCLRAugment"]
+
+_N_CROP_TRIES = 10  # as torchvision's RandomResizedCrop
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
+
+
+@dataclass
+class AugmentParams:
+    """Per-image parameters of T; every field has leading dimension ``batch_size``.
+
+    Attributes
+    ----------
+    crop : Tensor of shape (batch_size, 4), float
+        Crop box in pixels: top, left, height, width.
+    flip : Tensor of shape (batch_size,), bool
+        Horizontal flip.
+    jitter : Tensor of shape (batch_size,), bool
+        Whether colour jitter is applied.
+    factors : Tensor of shape (batch_size, 4), float
+        Brightness, contrast and saturation factors and the hue shift.
+    order : Tensor of shape (batch_size, 4), long
+        Order in which the four jitter operations are applied (a permutation of 0..3).
+    gray : Tensor of shape (batch_size,), bool
+        Conversion to grayscale.
+    """
+
+    crop: Tensor
+    flip: Tensor
+    jitter: Tensor
+    factors: Tensor
+    order: Tensor
+    gray: Tensor
+
+    def __len__(self) -> int:
+        return self.crop.shape[0]
+
+    def map(self, fn) -> AugmentParams:
+        """Return new parameters with ``fn`` applied to every field."""
+        return AugmentParams(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class SimCLRAugment:
+    """The augmentation family T of SimCLR, batched.
+
+    Parameters
+    ----------
+    scale : tuple of float, default=(0.08, 1.0)
+        Range of the crop area as a fraction of the image area.
+    ratio : tuple of float, default=(3/4, 4/3)
+        Range of the crop aspect ratio (width / height), sampled log-uniformly.
+    p_flip : float, default=0.5
+        Probability of a horizontal flip.
+    jitter : tuple of float, default=(0.4, 0.4, 0.4, 0.1)
+        Strength of brightness, contrast, saturation and hue jitter.
+    p_jitter : float, default=0.8
+        Probability of applying colour jitter.
+    p_gray : float, default=0.2
+        Probability of converting to grayscale (no effect on 1-channel images).
+
+    Examples
+    --------
+    >>> import torch
+    >>> augment = SimCLRAugment()
+    >>> x = torch.rand(8, 3, 32, 32)
+    >>> params = augment.sample(8, (32, 32), torch.Generator().manual_seed(0))
+    >>> augment.apply(x, params).shape
+    torch.Size([8, 3, 32, 32])
+    """
+
+    scale: tuple = (0.08, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+    jitter: tuple = (0.4, 0.4, 0.4, 0.1)
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+
+    def sample(self, batch_size: int, size: tuple, generator: torch.Generator) -> AugmentParams:
+        """Draw parameters for ``batch_size`` images of ``size = (height, width)``.
+
+        All draws come from ``generator`` and land on its device.
+        """
+        device = generator.device
+
+        def uniform(*shape, low=0.0, high=1.0):
+            return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+
+        b, c, s, h = self.jitter
+        factors = torch.stack(
+            [
+                uniform(batch_size, low=max(0.0, 1 - b), high=1 + b),
+                uniform(batch_size, low=max(0.0, 1 - c), high=1 + c),
+                uniform(batch_size, low=max(0.0, 1 - s), high=1 + s),
+                uniform(batch_size, low=-h, high=h),
+            ],
+            dim=1,
+        )
+        return AugmentParams(
+            crop=self._sample_crop(batch_size, size, uniform),
+            flip=uniform(batch_size) < self.p_flip,
+            jitter=uniform(batch_size) < self.p_jitter,
+            factors=factors,
+            order=uniform(batch_size, 4).argsort(dim=1),
+            gray=uniform(batch_size) < self.p_gray,
+        )
+
+    def _sample_crop(self, batch_size: int, size: tuple, uniform) -> Tensor:
+        """Crop boxes with torchvision's RandomResizedCrop rule, for a whole batch.
+
+        Up to 10 (area, ratio) draws per image; the first that fits is used, else a
+        centred crop with the ratio clamped to the allowed range.
+        """
+        height, width = size
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        target = area * uniform(batch_size, _N_CROP_TRIES, low=self.scale[0], high=self.scale[1])
+        aspect = torch.exp(uniform(batch_size, _N_CROP_TRIES, low=log_lo, high=log_hi))
+        w = torch.round(torch.sqrt(target * aspect))
+        h = torch.round(torch.sqrt(target / aspect))
+        fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+        first = fits.float().argmax(dim=1, keepdim=True)  # first try that fits
+        w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+        found = fits.any(dim=1)
+        fallback_w, fallback_h = self._fallback_crop(height, width)
+        w = torch.where(found, w, torch.full_like(w, fallback_w))
+        h = torch.where(found, h, torch.full_like(h, fallback_h))
+        top = torch.floor(uniform(batch_size) * (height - h + 1))
+        left = torch.floor(uniform(batch_size) * (width - w + 1))
+        top = torch.where(found, top, torch.floor((height - h) / 2))
+        left = torch.where(found, left, torch.floor((width - w) / 2))
+        return torch.stack([top, left, h, w], dim=1)
+
+    def _fallback_crop(self, height: int, width: int) -> tuple[float, float]:
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            return float(width), float(round(width / min(self.ratio)))
+        if in_ratio > max(self.ratio):
+            return float(round(height * max(self.ratio))), float(height)
+        return float(width), float(height)
+
+    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+        """Apply per-image parameters to ``x``.
+
+        Parameters
+        ----------
+        x : Tensor of shape (batch_size, n_channels, height, width)
+            Floats in [0, 1].
+        params : AugmentParams
+            Of length ``batch_size``, on the device of ``x``.
+
+        Returns
+        -------
+        Tensor of shape (batch_size, n_channels, height, width)
+            Floats in [0, 1].
+        """
+        x = _resized_crop(x, params.crop, params.flip)
+        x = _color_jitter(x, params)
+        if x.shape[1] == 3:
+            x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
+        return x
+
+
+def _resized_crop(x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:
+    """Crop each image to its box and resize it back to full size, bilinearly.
+
+    One affine ``grid_sample`` for the batch. With ``align_corners=False`` output pixel
+    ``u`` samples input ``left + (u + 0.5) * w / W - 0.5``, the same sampling grid as
+    resizing the pixel crop with ``F.interpolate``; a flip negates the x axis.
+    """
+    _, _, height, width = x.shape
+    top, left, h, w = crop.to(x.dtype).unbind(1)
+    scale_x = w / width
+    scale_y = h / height
+    theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = torch.where(flip, -scale_x, scale_x)
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = scale_y
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _grayscale(x: Tensor) -> Tensor:
+    """Luma of RGB images, shape (batch_size, 1, height, width)."""
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _color_jitter(x: Tensor, params: AugmentParams) -> Tensor:
+    """Brightness, contrast, saturation and hue in each image's own random order.
+
+    Slot ``k`` applies, to every image, the operation ``order[:, k]`` names for it (a
+    ``where`` over the candidates). Saturation and hue do nothing to 1-channel images, as
+    in torchvision, so they are skipped there.
+    """
+    n_ops = 4 if x.shape[1] == 3 else 2
+    factors = params.factors[:, :, None, None, None].to(x.dtype)
+    for slot in range(4):
+        op = params.order[:, slot]
+        out = x
+        for index in range(n_ops):
+            chosen = (params.jitter & (op == index))[:, None, None, None]
+            out = torch.where(chosen, _JITTER_OPS[index](x, factors[:, index]), out)
+        x = out
+    return x
+
+
+def _brightness(x: Tensor, f: Tensor) -> Tensor:
+    return (x * f).clamp_(0.0, 1.0)
+
+
+def _contrast(x: Tensor, f: Tensor) -> Tensor:
+    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return (f * x + (1 - f) * mean).clamp_(0.0, 1.0)
+
+
+def _saturation(x: Tensor, f: Tensor) -> Tensor:
+    return (f * x + (1 - f) * _grayscale(x)).clamp_(0.0, 1.0)
+
+
+def _hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of RGB images by ``shift`` (a fraction of a turn), via HSV."""
+    maxc, _ = x.max(dim=1, keepdim=True)
+    minc, _ = x.min(dim=1, keepdim=True)
+    value = maxc
+    delta = maxc - minc
+    saturation = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    safe = delta.clamp_min(1e-12)
+    r, g, b = x.split(1, dim=1)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
+    hue = (hue + shift) % 1.0
+    # HSV -> RGB: each channel is v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = (n + hue * 6.0) % 6.0
+    return value - value * saturation * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+
+_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)

@@ -1,0 +1,121 @@
+"""The Con2 loss: context contrasting plus content alignment [1]_.
+
+With cosine similarities ``s`` between projected views, temperature ``tau`` and
+
+    l(i, j) = -log( exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau) ),
+
+both terms are supervised contrastive losses [2]_, each the mean over anchors ``i`` of the
+mean of ``l(i, j)`` over the positives ``j`` of ``i``:
+
+- context contrasting (head phi): positives share the context label;
+- content alignment (head psi): positives are the other views of the same image, in
+  every context.
+
+``L = L_context + alpha * L_content``. The paper's sums differ from these means by
+constant factors, which ``alpha`` absorbs.
+
+References
+----------
+.. [1] Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
+   Detection", 2024, section 2.2 and appendix B.1. https://arxiv.org/abs/2405.18848
+.. [2] Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+   https://arxiv.org/abs/2004.11362
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Con2Loss", "supcon_loss"]
+
+
+def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Supervised contrastive loss with the "mean over positives" normalisation.
+
+    Parameters
+    ----------
+    z : Tensor of shape (n_views, proj_dim)
+        L2-normalised projections.
+    labels : Tensor of shape (n_views,), long
+        Views with equal labels are positives of each other. Every view needs at least one
+        positive.
+    temperature : float
+        Softmax temperature ``tau``.
+
+    Returns
+    -------
+    Tensor of shape ()
+        The loss, in float32 whatever the dtype of ``z`` (safe under bf16 autocast).
+    """
+    z = z.float()
+    n_views = z.shape[0]
+    logits = (z @ z.T) / temperature  # logits[i, j] = s_ij / tau
+    self_mask = torch.eye(n_views, dtype=torch.bool, device=z.device)
+    # log of the denominator, sum over k != i, by log-sum-exp with the diagonal masked out
+    log_denominator = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_positives = positives.sum(dim=1)
+    mean_positive_logit = (logits * positives).sum(dim=1) / n_positives
+    return (log_denominator - mean_positive_logit).mean()
+
+
+class Con2Loss(nn.Module):
+    """Context contrasting plus ``alpha`` times content alignment.
+
+    Parameters
+    ----------
+    temperature : float, default=0.2
+        Softmax temperature of both terms.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> loss = Con2Loss(temperature=0.2)
+    >>> z = F.normalize(torch.randn(8, 16), dim=1)  # 2 images x 2 contexts x 2 views
+    >>> contexts = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    >>> instances = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    >>> loss(z, z, contexts, instances, alpha=0.5).shape
+    torch.Size([])
+    """
+
+    def __init__(self, temperature: float = 0.2):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive; got {temperature!r}.")
+        self.temperature = temperature
+
+    def forward(
+        self,
+        z_context: Tensor | None,
+        z_content: Tensor,
+        contexts: Tensor,
+        instances: Tensor,
+        alpha: float,
+    ) -> Tensor:
+        """Compute the loss of one batch of views.
+
+        Parameters
+        ----------
+        z_context : Tensor of shape (n_views, proj_dim) or None
+            Projections by head phi, L2-normalised. None when there is a single context
+            (plain instance discrimination, the SimCLR baseline): the loss is then
+            ``L_content`` alone, whatever ``alpha``.
+        z_content : Tensor of shape (n_views, proj_dim)
+            Projections by head psi, L2-normalised.
+        contexts : Tensor of shape (n_views,), long
+            Context label of each view.
+        instances : Tensor of shape (n_views,), long
+            Index of the image each view comes from.
+        alpha : float
+            Weight of the content-alignment term.
+
+        Returns
+        -------
+        Tensor of shape ()
+        """
+        content = supcon_loss(z_content, instances, self.temperature)
+        if z_context is None:
+            return content
+        return supcon_loss(z_context, contexts, self.temperature) + alpha * content

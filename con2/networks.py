@@ -1,0 +1,159 @@
+"""Backbones, projection heads and the encoder that joins them.
+
+``ResNet18`` follows torchvision's ``resnet18`` layer for layer (it is built from
+torchvision's ``BasicBlock``) with two knobs torchvision's class does not offer: the width
+(``base_width`` channels in the first stage, doubling per stage; torchvision fixes 64)
+and the stem. The ``"small"`` stem is a 3x3 stride-1 convolution without max-pooling,
+the usual choice for images up to 64 px [1]_; the ``"imagenet"`` stem is torchvision's
+7x7 stride-2 convolution and max-pool. At ``base_width=64`` with the ImageNet stem the
+parameters have exactly the shapes of ``torchvision.models.resnet18`` without ``fc``.
+
+References
+----------
+.. [1] He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+   https://arxiv.org/abs/1512.03385
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+__all__ = ["BACKBONES", "Encoder", "ProjectionHead", "ResNet18", "resnet18"]
+
+SMALL_IMAGE_MAX_SIZE = 64  # images up to this many pixels a side get the small stem
+
+
+class ResNet18(nn.Module):
+    """ResNet18 feature extractor (no classifier).
+
+    Parameters
+    ----------
+    in_channels : int, default=3
+        Number of input channels.
+    base_width : int, default=64
+        Channels of the first stage; the stages have 1, 2, 4 and 8 times as many.
+    stem : {"small", "imagenet"}, default="small"
+        ``"small"``: 3x3 stride-1 convolution, no max-pool. ``"imagenet"``: 7x7 stride-2
+        convolution followed by a 3x3 stride-2 max-pool.
+
+    Attributes
+    ----------
+    embed_dim : int
+        Size of the output features, ``8 * base_width``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = ResNet18(in_channels=1, base_width=8)
+    >>> net(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 64])
+    """
+
+    def __init__(self, in_channels: int = 3, base_width: int = 64, stem: str = "small"):
+        super().__init__()
+        if stem == "small":
+            self.conv1 = nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        elif stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            raise ValueError(f"stem must be 'small' or 'imagenet'; got {stem!r}.")
+        self.bn1 = nn.BatchNorm2d(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self._inplanes = base_width
+        self.layer1 = self._make_layer(base_width, stride=1)
+        self.layer2 = self._make_layer(2 * base_width, stride=2)
+        self.layer3 = self._make_layer(4 * base_width, stride=2)
+        self.layer4 = self._make_layer(8 * base_width, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.embed_dim = 8 * base_width
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self._inplanes != planes:
+            downsample = nn.Sequential(
+                conv1x1(self._inplanes, planes, stride), nn.BatchNorm2d(planes)
+            )
+        first = BasicBlock(self._inplanes, planes, stride, downsample)
+        self._inplanes = planes
+        return nn.Sequential(first, BasicBlock(planes, planes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map (batch_size, in_channels, height, width) to (batch_size, embed_dim)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+
+def resnet18(image_shape: tuple, base_width: int = 64) -> ResNet18:
+    """Build the ResNet18 suited to images of ``image_shape = (n_channels, height, width)``.
+
+    The small-image stem up to 64 px a side, torchvision's ImageNet stem above.
+    """
+    n_channels, height, width = image_shape
+    stem = "small" if max(height, width) <= SMALL_IMAGE_MAX_SIZE else "imagenet"
+    return ResNet18(in_channels=n_channels, base_width=base_width, stem=stem)
+
+
+BACKBONES = {"resnet18": resnet18}
+
+
+class ProjectionHead(nn.Module):
+    """Two-layer MLP head with L2-normalised output (SimCLR's ``g``).
+
+    Parameters
+    ----------
+    in_dim : int
+        Size of the backbone features.
+    out_dim : int, default=128
+        Size of the projection.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim)
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Map (batch_size, in_dim) features to (batch_size, out_dim) unit vectors."""
+        return F.normalize(self.net(h), dim=1)
+
+
+class Encoder(nn.Module):
+    """A backbone ``g`` and the projection heads phi (context) and psi (content).
+
+    Parameters
+    ----------
+    backbone : nn.Module
+        Maps (batch_size, n_channels, height, width) to (batch_size, embed_dim) and has an
+        ``embed_dim`` attribute. It is used as given, never modified.
+    context_head : bool, default=True
+        Whether to build head phi. Without contexts (the SimCLR baseline) only psi is
+        trained.
+    """
+
+    def __init__(self, backbone: nn.Module, context_head: bool = True):
+        super().__init__()
+        self.backbone = backbone
+        self.head_context = ProjectionHead(backbone.embed_dim) if context_head else None
+        self.head_content = ProjectionHead(backbone.embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Return the projections ``(z_context, z_content)`` of ``x`` (z_context may be None)."""
+        h = self.backbone(x)
+        z_context = self.head_context(h) if self.head_context is not None else None
+        return z_context, self.head_content(h)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Return L2-normalised backbone features ``h / ||h||``, shape (batch_size, embed_dim)."""
+        return F.normalize(self.backbone(x).float(), dim=1)
