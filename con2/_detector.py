@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import warnings
 from numbers import Integral, Real
 
@@ -374,7 +375,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             loss_curve.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}")
             if self.verbose >= 2:
-                bar.write(f"epoch {epoch + 1}/{self.n_epochs}: loss {loss:.4f}")
+                bar.write(f"epoch {epoch + 1}/{self.n_epochs}: loss {loss:.4f}", file=sys.stderr)
         return loss_curve
 
     def _score(self, images) -> np.ndarray:
@@ -419,7 +420,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
                     "distinctive and aligned on the normal images; consider another context "
                     "(see con2.check_context).",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=5,  # the caller of fit, above _fit_context
                 )
 
     def __sklearn_tags__(self):

@@ -191,20 +191,24 @@ class SimCLRAugment:
 def _resized_crop(x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:
     """Crop each image to its box and resize it back to full size, bilinearly.
 
-    One affine ``grid_sample`` for the batch. With ``align_corners=False`` output pixel
-    ``u`` samples input ``left + (u + 0.5) * w / W - 0.5``, the same sampling grid as
-    resizing the pixel crop with ``F.interpolate``; a flip negates the x axis.
+    One ``grid_sample`` for the whole batch. Output pixel ``u`` samples input
+    ``left + (u + 0.5) * w / W - 0.5``, clamped to the crop box: the sampling grid of
+    cropping the pixels and resizing them with ``F.interpolate(align_corners=False)``,
+    as torchvision does. A flip reverses the output columns.
     """
     _, _, height, width = x.shape
     top, left, h, w = crop.to(x.dtype).unbind(1)
-    scale_x = w / width
-    scale_y = h / height
-    theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
-    theta[:, 0, 0] = torch.where(flip, -scale_x, scale_x)
-    theta[:, 0, 2] = (2 * left + w) / width - 1
-    theta[:, 1, 1] = scale_y
-    theta[:, 1, 2] = (2 * top + h) / height - 1
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    cols = torch.arange(width, dtype=x.dtype, device=x.device)
+    rows = torch.arange(height, dtype=x.dtype, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(0), cols)
+    src_x = left[:, None] + (cols + 0.5) * (w / width)[:, None] - 0.5
+    src_y = top[:, None] + (rows + 0.5) * (h / height)[:, None] - 0.5
+    src_x = src_x.clamp(min=left[:, None], max=(left + w - 1)[:, None])
+    src_y = src_y.clamp(min=top[:, None], max=(top + h - 1)[:, None])
+    # pixel index -> normalised coordinate of grid_sample with align_corners=False
+    grid_x = ((2 * src_x + 1) / width - 1)[:, None, :].expand(-1, height, -1)
+    grid_y = ((2 * src_y + 1) / height - 1)[:, :, None].expand(-1, -1, width)
+    grid = torch.stack([grid_x, grid_y], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

@@ -46,9 +46,11 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     Returns
     -------
     Tensor of shape ()
-        The loss, in float32 whatever the dtype of ``z`` (safe under bf16 autocast).
+        The loss, in float32 for half-precision ``z`` (safe under bf16 autocast), else
+        in the dtype of ``z``.
     """
-    z = z.float()
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
     n_views = z.shape[0]
     logits = (z @ z.T) / temperature  # logits[i, j] = s_ij / tau
     self_mask = torch.eye(n_views, dtype=torch.bool, device=z.device)

@@ -1,0 +1,146 @@
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+import con2._detector as detector_module
+from con2 import Con2Detector
+from con2._utils import move
+from con2.datasets import load_digits_images
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A fitted detector and test images. Read-only: tests must not refit it."""
+    X, y = load_digits_images()
+    det = Con2Detector(
+        context="invert",
+        base_width=4,
+        n_epochs=2,
+        batch_size=16,
+        n_test_augmentations=4,
+        device="cpu",
+        random_state=0,
+    ).fit(X[y == 0])
+    return det, X[y != 0][:50]
+
+
+def all_tensors(obj, seen=None):
+    """Every tensor reachable from obj through modules, containers and attributes."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, torch.nn.Module):
+        yield from obj.state_dict().values()
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from all_tensors(value, seen)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from all_tensors(value, seen)
+    elif hasattr(obj, "__dict__"):
+        yield from all_tensors(vars(obj), seen)
+
+
+@pytest.mark.parametrize("scorer", ["nnd", "lh"])
+def test_joblib_round_trip_scores_identically_in_a_fresh_process(tmp_path, scorer):
+    X, y = load_digits_images()
+    det = Con2Detector(
+        context="invert",
+        scorer=scorer,
+        base_width=4,
+        n_epochs=1,
+        batch_size=16,
+        n_test_augmentations=4,
+        device="cpu",
+        random_state=0,
+    ).fit(X[y == 0])
+    test = X[:40]
+    np.save(tmp_path / "test.npy", test)
+    joblib.dump(det, tmp_path / "det.joblib")
+    script = textwrap.dedent(
+        f"""
+        import joblib, numpy as np
+        det = joblib.load({str(tmp_path / "det.joblib")!r})
+        test = np.load({str(tmp_path / "test.npy")!r})
+        np.save({str(tmp_path / "scores.npy")!r}, det.score_samples(test))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), det.score_samples(test))
+
+
+def test_pickle_does_not_alter_the_live_detector(fitted):
+    det, test = fitted
+    before = det.score_samples(test)
+    state_keys = set(vars(det))
+    restored = pickle.loads(pickle.dumps(det))
+    assert set(vars(det)) == state_keys and det.encoder_ is not None
+    np.testing.assert_array_equal(restored.score_samples(test), before)
+
+
+def test_a_cuda_fitted_detector_pickles_its_torch_state_through_cpu(fitted, monkeypatch):
+    """The mechanism, without a GPU: a detector whose device_ is CUDA hands every piece of
+    torch state to ``move(..., "cpu")`` when pickled, and keeps the live objects."""
+    det, _ = fitted
+    calls = []
+
+    def spy(obj, device):
+        calls.append((obj, device))
+        return move(obj, device)
+
+    monkeypatch.setattr(detector_module, "move", spy)
+    monkeypatch.setattr(det, "device_", torch.device("cuda"))
+    state = det.__getstate__()
+    assert len(calls) == 1 and calls[0][1] == "cpu"
+    moved = {id(x) for x in calls[0][0]}
+    assert moved == {id(getattr(det, k)) for k in detector_module._TORCH_STATE}
+    for key in detector_module._TORCH_STATE:
+        assert state[key] is not getattr(det, key)  # a CPU copy, the live object untouched
+    assert all(t.device.type == "cpu" for t in all_tensors(state))
+    assert vars(det)["encoder_"] is det.encoder_
+
+
+def test_move_remaps_every_tensor_of_modules_scorers_and_views(fitted):
+    det, _ = fitted
+    state = tuple(getattr(det, k) for k in detector_module._TORCH_STATE)
+    on_meta = move(state, "meta")
+    tensors = list(all_tensors(on_meta))
+    assert len(tensors) > 50
+    assert all(t.device.type == "meta" for t in tensors)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_loading_a_cuda_model_on_a_cpu_machine_falls_back_with_a_warning(fitted):
+    det, test = fitted
+    state = det.__getstate__()
+    state["device_"] = torch.device("cuda")  # as written by a GPU machine
+    restored = Con2Detector.__new__(Con2Detector)
+    with pytest.warns(UserWarning, match="CUDA is not available here"):
+        restored.__setstate__(state)
+    assert restored.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(restored.score_samples(test), det.score_samples(test))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
+def test_cuda_fit_pickles_cpu_tensors_only():
+    X, y = load_digits_images()
+    det = Con2Detector(
+        base_width=4,
+        n_epochs=1,
+        batch_size=16,
+        n_test_augmentations=4,
+        device="cuda",
+        random_state=0,
+    ).fit(X[y == 0])
+    state = det.__getstate__()
+    assert all(t.device.type == "cpu" for t in all_tensors(state))
+    assert det.encoder_.backbone.conv1.weight.device.type == "cuda"

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import multivariate_normal
+from sklearn.base import clone
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from con2.scorers import GaussianScorer, NearestNeighborScorer, Scorer, resolve_scorer
+
+
+def embeddings(n_views, n_samples, dim, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n_views, n_samples, dim, generator=gen), dim=2)
+
+
+def test_nnd_matches_sklearn_cosine_nearest_neighbors():
+    train, test = embeddings(3, 200, 16, 0), embeddings(3, 50, 16, 1)
+    scores = NearestNeighborScorer().fit(train).score_samples(test)
+
+    expected = np.zeros(50)
+    for view in range(3):
+        nn = NearestNeighbors(n_neighbors=1, metric="cosine").fit(train[view].numpy())
+        distance, _ = nn.kneighbors(test[view].numpy())
+        expected += (1 - distance[:, 0]) / 3  # cosine similarity = 1 - cosine distance
+    assert scores.dtype == torch.float64
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-6)
+
+
+def test_nnd_leave_one_out_matches_second_neighbour():
+    train = embeddings(2, 120, 8, 2)
+    scorer = NearestNeighborScorer().fit(train)
+    scores = scorer.score_samples(train, exclude=torch.arange(120))
+
+    expected = np.zeros(120)
+    for view in range(2):
+        nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(train[view].numpy())
+        distance, index = nn.kneighbors(train[view].numpy())
+        assert (index[:, 0] == np.arange(120)).all()  # the first neighbour is itself
+        expected += (1 - distance[:, 1]) / 2
+    np.testing.assert_allclose(scores.numpy(), expected, atol=1e-6)
+    # without exclusion every training point finds itself
+    np.testing.assert_allclose(scorer.score_samples(train).numpy(), 1.0, atol=1e-6)
+
+
+def test_nnd_chunking_gives_the_same_scores():
+    train, test = embeddings(2, 3000, 32, 3), embeddings(2, 700, 32, 4)
+    exclude = torch.randint(-1, 3000, (700,))
+    whole = NearestNeighborScorer(working_memory=1024).fit(train).score_samples(test, exclude)
+    # 1 MB of float64 similarities for 1400 query rows: chunks of 93 bank rows
+    chunked = NearestNeighborScorer(working_memory=1).fit(train).score_samples(test, exclude)
+    np.testing.assert_allclose(whole, chunked, rtol=0, atol=1e-12)  # float64 rounding only
+
+
+def test_nnd_float16_bank_is_close_and_half_the_size():
+    train, test = embeddings(2, 300, 64, 5), embeddings(2, 40, 64, 6)
+    full = NearestNeighborScorer().fit(train)
+    half = NearestNeighborScorer(bank_dtype="float16").fit(train)
+    assert half.bank_.element_size() * 2 == full.bank_.element_size()
+    np.testing.assert_allclose(half.score_samples(test), full.score_samples(test), atol=2e-3)
+
+
+def test_gaussian_matches_ledoit_wolf_and_scipy_log_density():
+    train, test = embeddings(2, 60, 24, 7), embeddings(2, 30, 24, 8)  # fewer images than 2 * dim
+    scores = GaussianScorer().fit(train).score_samples(test)
+
+    expected = np.zeros(30)
+    for view in range(2):
+        lw = LedoitWolf().fit(train[view].double().numpy())
+        density = multivariate_normal(mean=lw.location_, cov=lw.covariance_)
+        expected += density.logpdf(test[view].double().numpy()) / 2
+    assert scores.dtype == torch.float64
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-9)
+
+
+def test_gaussian_fixed_shrinkage_and_state_independent_of_n_samples():
+    small = GaussianScorer(shrinkage=0.1).fit(embeddings(3, 50, 16, 9))
+    large = GaussianScorer(shrinkage=0.1).fit(embeddings(3, 5000, 16, 9))
+    for name in ("mean_", "cholesky_", "shrinkage_"):
+        assert getattr(small, name).shape == getattr(large, name).shape
+    assert torch.equal(small.shrinkage_, torch.full((3,), 0.1, dtype=torch.float64))
+
+
+def test_gaussian_prefers_points_near_the_mean():
+    train = embeddings(1, 500, 8, 10)
+    scorer = GaussianScorer().fit(train)
+    centre = scorer.mean_.float()[:, None]
+    far = -centre
+    assert scorer.score_samples(centre) > scorer.score_samples(far)
+
+
+@pytest.mark.parametrize("scorer", [NearestNeighborScorer(), GaussianScorer()])
+def test_scorers_reject_mismatched_embeddings(scorer):
+    scorer.fit(embeddings(2, 20, 8, 11))
+    with pytest.raises(ValueError, match="fitted on 2 views of dimension 8"):
+        scorer.score_samples(embeddings(3, 5, 8, 12))
+    with pytest.raises(ValueError, match="n_views, n_samples, embed_dim"):
+        scorer.score_samples(torch.zeros(5, 8))
+
+
+def test_gaussian_refuses_identical_embeddings_with_a_clear_error():
+    same = F.normalize(torch.ones(1, 10, 4), dim=2)
+    with pytest.raises(ValueError, match="singular"):
+        GaussianScorer().fit(same)
+
+
+def test_resolve_scorer_names_objects_and_errors():
+    assert isinstance(resolve_scorer("nnd"), NearestNeighborScorer)
+    assert isinstance(resolve_scorer("lh"), GaussianScorer)
+    given = NearestNeighborScorer(bank_dtype="float16")
+    resolved = resolve_scorer(given)
+    assert resolved is not given and resolved.get_params() == given.get_params()
+    with pytest.raises(ValueError, match="Unknown scorer 'knn'"):
+        resolve_scorer("knn")
+    with pytest.raises(TypeError, match="scorer must be"):
+        resolve_scorer(42)
+
+
+@pytest.mark.parametrize("scorer", [NearestNeighborScorer(), GaussianScorer()])
+def test_builtin_scorers_satisfy_the_protocol_and_clone(scorer):
+    assert isinstance(scorer, Scorer)
+    assert clone(scorer).get_params() == scorer.get_params()
