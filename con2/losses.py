@@ -24,6 +24,8 @@ References
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -38,8 +40,8 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     z : Tensor of shape (n_views, proj_dim)
         L2-normalised projections.
     labels : Tensor of shape (n_views,), long
-        Views with equal labels are positives of each other. Every view needs at least one
-        positive.
+        Non-negative; views with equal labels are positives of each other. Every view
+        needs at least one positive.
     temperature : float
         Softmax temperature ``tau``.
 
@@ -51,14 +53,18 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     """
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
-    n_views = z.shape[0]
-    logits = (z @ z.T) / temperature  # logits[i, j] = s_ij / tau
-    self_mask = torch.eye(n_views, dtype=torch.bool, device=z.device)
-    # log of the denominator, sum over k != i, by log-sum-exp with the diagonal masked out
-    log_denominator = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
-    n_positives = positives.sum(dim=1)
-    mean_positive_logit = (logits * positives).sum(dim=1) / n_positives
+    # Denominator: log-sum-exp over k != i of s_ik / tau, the diagonal masked out.
+    logits = (z / temperature) @ z.T
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), -math.inf)
+    log_denominator = torch.logsumexp(logits, dim=1)
+    # Numerator, averaged over positives, without an (n_views, n_views) mask: the sum of
+    # z_j over the positives of i is its label's sum of z minus z_i itself.
+    n_labels = int(labels.max()) + 1
+    label_sums = torch.zeros(n_labels, z.shape[1], dtype=z.dtype, device=z.device)
+    label_sums.index_add_(0, labels, z)
+    counts = (torch.bincount(labels, minlength=n_labels)[labels] - 1).to(z.dtype)
+    positive_sums = label_sums.index_select(0, labels) - z  # backward: one index_add
+    mean_positive_logit = (z * positive_sums).sum(dim=1) / (temperature * counts)
     return (log_denominator - mean_positive_logit).mean()
 
 
