@@ -21,6 +21,7 @@ from con2._training import (
     alpha_schedule,
     build_optimizer,
     embed_views,
+    fast_math,
     make_test_time_views,
     train_epoch,
 )
@@ -338,11 +339,16 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             batch_size=min(self.batch_size, n_samples),
             generator=generator,
         )
-        loss_curve = self._train(encoder.to(device), plan)
-        views = make_test_time_views(
-            self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
-        )
-        embeddings = embed_views(encoder, plan.images, views, self._forward_size(device), device)
+        if device.type == "cuda":
+            encoder = encoder.to(device, memory_format=torch.channels_last)
+        with fast_math(device):
+            loss_curve = self._train(encoder.to(device), plan)
+            views = make_test_time_views(
+                self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
+            )
+            embeddings = embed_views(
+                encoder, plan.images, views, self._forward_size(device), device
+            )
         scorer.fit(embeddings)
         loo = getattr(scorer, "leave_one_out", False)
         exclude = torch.arange(n_samples, device=device) if loo else None

@@ -69,6 +69,8 @@ def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tenso
     Returns the loss as a detached 0-d tensor (no host synchronisation).
     """
     views, context_labels, instance_labels = batch
+    if views.device.type == "cuda":
+        views = views.contiguous(memory_format=torch.channels_last)
     with _autocast(views.device):
         z_context, z_content = encoder(views)
     loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha)
@@ -215,6 +217,20 @@ def _autocast(device: torch.device):
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def fast_math(device: torch.device):
+    """Allow TF32 matrix products and convolutions on CUDA, restoring the caller's flags."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def build_optimizer(encoder: nn.Module, learning_rate: float, weight_decay: float, n_steps: int):

@@ -40,8 +40,8 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     z : Tensor of shape (n_views, proj_dim)
         L2-normalised projections.
     labels : Tensor of shape (n_views,), long
-        Non-negative; views with equal labels are positives of each other. Every view
-        needs at least one positive.
+        In ``[0, n_views)``; views with equal labels are positives of each other. Every
+        view needs at least one positive.
     temperature : float
         Softmax temperature ``tau``.
 
@@ -59,10 +59,11 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     log_denominator = torch.logsumexp(logits, dim=1)
     # Numerator, averaged over positives, without an (n_views, n_views) mask: the sum of
     # z_j over the positives of i is its label's sum of z minus z_i itself.
-    n_labels = int(labels.max()) + 1
-    label_sums = torch.zeros(n_labels, z.shape[1], dtype=z.dtype, device=z.device)
-    label_sums.index_add_(0, labels, z)
-    counts = (torch.bincount(labels, minlength=n_labels)[labels] - 1).to(z.dtype)
+    # Labels index rows of (n_views, ...) buffers: every label is below n_views, and no
+    # host synchronisation is needed to learn how many labels there are.
+    label_sums = z.new_zeros(z.shape).index_add_(0, labels, z)
+    label_counts = z.new_zeros(len(z)).index_add_(0, labels, z.new_ones(len(z)))
+    counts = label_counts.index_select(0, labels) - 1
     positive_sums = label_sums.index_select(0, labels) - z  # backward: one index_add
     mean_positive_logit = (z * positive_sums).sum(dim=1) / (temperature * counts)
     return (log_denominator - mean_positive_logit).mean()

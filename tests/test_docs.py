@@ -1,5 +1,6 @@
-"""The README's commands are the ones CI and users run."""
+"""The README's commands are the ones CI and users run, and its examples run."""
 
+import doctest
 import re
 import subprocess
 import sys
@@ -30,3 +31,10 @@ def test_quickstart_runs_top_to_bottom_in_its_fast_setting():
         timeout=300,
     )
     assert "AUROC" in result.stdout and "IsolationForest" in result.stdout
+
+
+def test_readme_examples_print_what_the_readme_says():
+    failures, attempted = doctest.testfile(
+        str(ROOT / "README.md"), module_relative=False, optionflags=doctest.ELLIPSIS
+    )
+    assert attempted > 0 and failures == 0

@@ -1,0 +1,235 @@
+"""One-class Fashion-MNIST benchmark: Con2, its baselines, and pixel-space detectors.
+
+The standard protocol: train on the training images of one class, score the whole test
+set, AUROC with that class as normal (labels +1 normal, -1 anomaly). For every class and
+seed, in one run:
+
+- Con2 with each requested context; the ``nnd`` and ``lh`` scorers share one trained
+  encoder (the scorer is fitted on the same training embeddings);
+- ``context=None``: SimCLR (``nnd``) and an SSD-like baseline (``lh``), same machinery;
+- IsolationForest, OneClassSVM and LocalOutlierFactor(novelty=True) on raw pixels;
+- ``check_context`` of every context on the class's training images.
+
+Results go to a JSON file; ``--write-readme`` also renders the table into
+``benchmarks/README.md`` between markers.
+
+    python benchmarks/oneclass.py --preset cpu --classes 0 1 2 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import LocalOutlierFactor
+from sklearn.svm import OneClassSVM
+
+from con2 import Con2Detector, GaussianScorer, check_context
+from con2._input import validate_images
+from con2._training import embed_views
+from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+PRESETS = {
+    # A 2-core CPU: small network, few epochs; see benchmarks/README.md for the cost.
+    "cpu": dict(base_width=8, n_epochs=8, batch_size=256, n_test_augmentations=8),
+    # The paper's budget [appendix E]: ResNet18, 2048 epochs, batch 512, A = 40.
+    "gpu": dict(base_width=64, n_epochs=2048, batch_size=512, n_test_augmentations=40),
+}
+CONTEXTS = ("vflip", "invert", "equalize", None)
+BASELINES = {
+    "IsolationForest": lambda seed: IsolationForest(random_state=seed),
+    "OneClassSVM": lambda seed: OneClassSVM(gamma="scale", nu=0.1),
+    "LOF": lambda seed: LocalOutlierFactor(novelty=True),
+}
+ROOT = Path(__file__).resolve().parent
+
+
+def run_con2(X_train, X_test, is_normal, context, settings, seed):
+    """Fit Con2 once and return AUROCs of both scorers and the fit time.
+
+    The ``lh`` scorer is fitted on the training embeddings of the same encoder.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # context warnings: check_context below
+        start = time.perf_counter()
+        det = Con2Detector(context=context, scorer="nnd", random_state=seed, **settings)
+        det.fit(X_train)
+        fit_seconds = time.perf_counter() - start
+    nnd = roc_auc_score(is_normal, det.score_samples(X_test))
+    # The lh scorer shares the trained encoder and test-time views (library internals:
+    # the public API would train a second encoder).
+    size = det._forward_size(det.device_)
+    embeddings = [
+        embed_views(
+            det.encoder_, validate_images(det, X, reset=False), det.views_, size, det.device_
+        )
+        for X in (X_train, X_test)
+    ]
+    lh_scores = GaussianScorer().fit(embeddings[0]).score_samples(embeddings[1])
+    lh = roc_auc_score(is_normal, lh_scores.cpu().numpy())
+    return {"nnd": nnd, "lh": lh, "fit_seconds": fit_seconds}
+
+
+def main(
+    preset: str = "cpu",
+    classes: tuple = tuple(range(10)),
+    seeds: tuple = (0,),
+    contexts: tuple = CONTEXTS,
+    n_train: int | None = None,
+    data: str | None = None,
+    out: str | None = None,
+    write_readme: bool = False,
+) -> dict:
+    """Run the benchmark and return (and save) its results."""
+    settings = dict(PRESETS[preset])
+    X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
+    pixels_test = X_test.reshape(len(X_test), -1) / 255.0
+    rows = []
+    for cls in classes:
+        normal = X_train_all[y_train == cls]
+        if n_train is not None:
+            normal = normal[np.random.default_rng(0).permutation(len(normal))[:n_train]]
+        is_normal = np.where(y_test == cls, 1, -1)
+        checks = {str(c): vars_of(check_context(normal, c)) for c in contexts if c is not None}
+        for seed in seeds:
+            row = {"class": cls, "seed": seed, "n_train": len(normal), "checks": checks}
+            for context in contexts:
+                result = run_con2(normal, X_test, is_normal, context, settings, seed)
+                row[str(context)] = result
+                print(f"class {cls} seed {seed} context {context}: {fmt(result)}", flush=True)
+            pixels = normal.reshape(len(normal), -1) / 255.0
+            for name, make in BASELINES.items():
+                model = make(seed).fit(pixels)
+                row[name] = roc_auc_score(is_normal, model.score_samples(pixels_test))
+            print(f"class {cls} seed {seed} baselines: "
+                  + ", ".join(f"{k} {row[k]:.3f}" for k in BASELINES), flush=True)  # fmt: skip
+            rows.append(row)
+    results = {
+        "date": date.today().isoformat(),
+        "hardware": hardware(),
+        "preset": preset,
+        "settings": settings,
+        "n_train": n_train,
+        "command": command_line(preset, classes, seeds, contexts, n_train, out),
+        "rows": rows,
+    }
+    out_path = Path(out) if out else ROOT / "results" / f"oneclass-{preset}.json"
+    results["name"] = out_path.stem
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1))
+    if write_readme:
+        render_readme(results)
+    return results
+
+
+def vars_of(report):
+    return {"distinctiveness": report.distinctiveness, "alignment": report.alignment}
+
+
+def fmt(result):
+    return f"nnd {result['nnd']:.3f}, lh {result['lh']:.3f} ({result['fit_seconds']:.0f} s fit)"
+
+
+def hardware() -> str:
+    """Describe the GPU, or the CPU model and the number of threads torch uses."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    return f"{model}, {torch.get_num_threads()} threads (CPU)"
+
+
+def command_line(preset, classes, seeds, contexts, n_train, out=None) -> str:
+    parts = [f"python benchmarks/oneclass.py --preset {preset}"]
+    parts.append("--classes " + " ".join(map(str, classes)))
+    parts.append("--seeds " + " ".join(map(str, seeds)))
+    parts.append("--contexts " + " ".join(str(c) for c in contexts))
+    if n_train is not None:
+        parts.append(f"--n-train {n_train}")
+    if out is not None:
+        parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
+def table(results) -> str:
+    """Markdown table: one row per class (mean over seeds), one column per method."""
+    rows = results["rows"]
+    methods = [(str(c), s) for c in CONTEXTS for s in ("nnd", "lh") if str(c) in rows[0]]
+    names = [f"{'SimCLR' if c == 'None' and s == 'nnd' else 'SSD-like' if c == 'None' else c} {s}"
+             for c, s in methods] + list(BASELINES)  # fmt: skip
+    lines = ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    columns = {name: [] for name in names}
+    for cls in sorted({r["class"] for r in rows}):
+        mine = [r for r in rows if r["class"] == cls]
+        values = [np.mean([r[c][s] for r in mine]) for c, s in methods]
+        values += [np.mean([r[b] for r in mine]) for b in BASELINES]
+        for name, value in zip(names, values, strict=True):
+            columns[name].append(value)
+        best = max(values)
+        cells = [f"**{100 * v:.1f}**" if v == best else f"{100 * v:.1f}" for v in values]
+        lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
+    means = [np.mean(columns[name]) for name in names]
+    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
+def render_readme(results) -> None:
+    readme = ROOT / "README.md"
+    marker = f"<!-- {results['name']} -->"
+    block = "\n".join([
+        marker,
+        f"Run {results['date']} on {results['hardware']}; preset `{results['preset']}` "
+        f"({', '.join(f'{k}={v}' for k, v in results['settings'].items())}); "
+        f"seeds {sorted({r['seed'] for r in results['rows']})}; "
+        f"{results['rows'][0]['n_train']} training images per class. AUROC in %, mean over "
+        "seeds, best per class in bold.",
+        "",
+        f"    {results['command']}",
+        "",
+        table(results),
+        marker,
+    ])  # fmt: skip
+    text = readme.read_text() if readme.exists() else ""
+    if marker in text:
+        before, _, rest = text.partition(marker)
+        _, _, after = rest.partition(marker)
+        text = before + block + after
+    else:
+        text = text + "\n" + block + "\n"
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--contexts", nargs="+", default=[str(c) for c in CONTEXTS])
+    parser.add_argument("--n-train", type=int, default=None)
+    parser.add_argument("--data", default=None, help="folder of the IDX files")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    main(
+        preset=args.preset,
+        classes=tuple(args.classes),
+        seeds=tuple(args.seeds),
+        contexts=tuple(None if c == "None" else c for c in args.contexts),
+        n_train=args.n_train,
+        data=args.data,
+        out=args.out,
+        write_readme=args.write_readme,
+    )
