@@ -29,7 +29,7 @@ from con2._utils import derive_seed, loadable_device, make_generator, move, reso
 from con2.augment import SimCLRAugment
 from con2.contexts import CONTEXTS, check_context, resolve_contexts
 from con2.losses import Con2Loss
-from con2.networks import BACKBONES, Encoder
+from con2.networks import BACKBONES, build_encoder
 from con2.scorers import SCORERS, resolve_scorer
 
 AUTO_CONTAMINATION = 0.01  # what contamination="auto" means: a 1% false-positive target
@@ -331,7 +331,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         seed = derive_seed(self.random_state)
         generator = make_generator(seed, device)
         image_shape = tuple(images.shape[1:])
-        encoder = _build_encoder(self.backbone, self.base_width, image_shape, seed, contexts)
+        encoder = build_encoder(self.backbone, self.base_width, image_shape, seed, bool(contexts))
         plan = EpochPlan(
             images=_place(images, device),
             contexts=contexts,
@@ -457,39 +457,6 @@ def _labels(decision: np.ndarray) -> np.ndarray:
     labels = np.ones_like(decision, dtype=int)
     labels[decision < 0] = -1
     return labels
-
-
-def _build_encoder(backbone, base_width, image_shape, seed, contexts) -> Encoder:
-    """Build a fresh encoder on the CPU with weights drawn from ``seed``.
-
-    ``fork_rng`` restores torch's global CPU random state afterwards.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if isinstance(backbone, str):
-            net = BACKBONES[backbone](image_shape, base_width)
-        else:
-            net = backbone(image_shape)
-        _check_backbone(net, image_shape)
-        return Encoder(net, context_head=bool(contexts))
-
-
-def _check_backbone(net, image_shape) -> None:
-    if not isinstance(net, torch.nn.Module) or not isinstance(getattr(net, "embed_dim", None), int):
-        raise TypeError(
-            "backbone(image_shape) must return a torch.nn.Module with an integer `embed_dim` "
-            f"attribute; got {type(net).__name__}."
-        )
-    was_training = net.training
-    net.eval()  # no batch-norm statistics are updated by the probe
-    with torch.no_grad():
-        out = net(torch.zeros(2, *image_shape))
-    net.train(was_training)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, net.embed_dim):
-        raise ValueError(
-            f"backbone must map (batch, {', '.join(map(str, image_shape))}) to (batch, "
-            f"embed_dim={net.embed_dim}); got {getattr(out, 'shape', type(out).__name__)}."
-        )
 
 
 def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -16,11 +16,12 @@ References
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-__all__ = ["BACKBONES", "Encoder", "ProjectionHead", "ResNet18", "resnet18"]
+__all__ = ["BACKBONES", "Encoder", "ProjectionHead", "ResNet18", "build_encoder", "resnet18"]
 
 SMALL_IMAGE_MAX_SIZE = 64  # images up to this many pixels a side get the small stem
 
@@ -157,3 +158,40 @@ class Encoder(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """Return L2-normalised backbone features ``h / ||h||``, shape (batch_size, embed_dim)."""
         return F.normalize(self.backbone(x).float(), dim=1)
+
+
+def build_encoder(
+    backbone, base_width: int, image_shape: tuple, seed: int, context_head: bool
+) -> Encoder:
+    """Build a fresh encoder on the CPU with weights drawn from ``seed``.
+
+    ``backbone`` is a name in :data:`BACKBONES` or a callable ``backbone(image_shape)``;
+    its output is checked on a probe batch. ``fork_rng`` restores torch's global CPU
+    random state afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(backbone, str):
+            net = BACKBONES[backbone](image_shape, base_width)
+        else:
+            net = backbone(image_shape)
+        _check_backbone(net, image_shape)
+        return Encoder(net, context_head=context_head)
+
+
+def _check_backbone(net, image_shape: tuple) -> None:
+    if not isinstance(net, torch.nn.Module) or not isinstance(getattr(net, "embed_dim", None), int):
+        raise TypeError(
+            "backbone(image_shape) must return a torch.nn.Module with an integer `embed_dim` "
+            f"attribute; got {type(net).__name__}."
+        )
+    was_training = net.training
+    net.eval()  # no batch-norm statistics are updated by the probe
+    with torch.no_grad():
+        out = net(torch.zeros(2, *image_shape))
+    net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, net.embed_dim):
+        raise ValueError(
+            f"backbone must map (batch, {', '.join(map(str, image_shape))}) to (batch, "
+            f"embed_dim={net.embed_dim}); got {getattr(out, 'shape', type(out).__name__)}."
+        )
