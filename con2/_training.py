@@ -94,22 +94,35 @@ class EpochPlan:
 def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, alphas) -> Tensor:
     """Run one epoch over shuffled ``plan.images``, dropping the last incomplete batch.
 
-    ``alphas`` yields the content weight of each step. Returns the mean loss as a 0-d
-    tensor on the device, synchronised by the caller once per epoch.
+    ``encoder`` may be a compiled wrapper of the encoder. ``alphas`` yields the content
+    weight of each step. No step synchronises with the host: images stay on the device
+    (or, when they do not fit, are gathered into pinned memory and copied without
+    blocking), and the mean loss is returned as a 0-d device tensor for the caller to
+    read once per epoch.
     """
     encoder.train()
     n_samples = plan.images.shape[0]
     device = plan.generator.device
     order = torch.randperm(n_samples, generator=plan.generator, device=device)
+    if plan.images.device != device:
+        order = order.to(plan.images.device)  # one copy per epoch, not per step
     n_batches = n_samples // plan.batch_size
     total = torch.zeros((), device=device)
     for index in range(n_batches):
         batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size]
-        x = to_float(plan.images[batch_indices.to(plan.images.device)].to(device))
+        x = to_float(_fetch(plan.images, batch_indices, device))
         batch = make_views(x, plan.contexts, plan.augment, plan.generator)
         total += train_step(encoder, loss_fn, optimizer, batch, next(alphas))
         scheduler.step()
     return total / n_batches
+
+
+def _fetch(images: Tensor, indices: Tensor, device: torch.device) -> Tensor:
+    """Gather a batch onto ``device``; from host memory through a pinned buffer."""
+    batch = images.index_select(0, indices)
+    if batch.device == device:
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass

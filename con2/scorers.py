@@ -113,23 +113,31 @@ class NearestNeighborScorer(BaseEstimator):
         Tensor of shape (n_samples,), float64
         """
         _check_embeddings(embeddings, self.bank_)
-        n_views, n_queries, _ = embeddings.shape
+        n_views, n_queries, dim = embeddings.shape
         n_bank = self.bank_.shape[1]
-        chunk = _chunk_rows(n_views * n_queries, self.working_memory)
         # Similarities in float64: float32 products would depend in the last bits on how
         # many queries share a matrix product, and so would a score on its batch.
-        queries = embeddings.double()
-        best = torch.full(
-            (n_views, n_queries), -math.inf, dtype=torch.float64, device=queries.device
-        )
-        for start in range(0, n_bank, chunk):
-            stop = min(start + chunk, n_bank)
-            bank = self.bank_[:, start:stop].to(queries.device, torch.float64)
-            sims = torch.bmm(queries, bank.transpose(1, 2))  # (n_views, n_queries, chunk)
+        budget = _budget(self.working_memory)
+        bank_rows = max(1, min(n_bank, budget // (4 * dim)))
+        query_rows = max(1, (budget - bank_rows * dim) // (bank_rows + dim))
+        scores = torch.zeros(n_queries, dtype=torch.float64, device=embeddings.device)
+        for view in range(n_views):
+            for q0 in range(0, n_queries, query_rows):
+                queries = embeddings[view, q0 : q0 + query_rows].double()
+                part = None if exclude is None else exclude[q0 : q0 + query_rows]
+                scores[q0 : q0 + query_rows] += self._best(view, queries, part, bank_rows)
+        return scores / n_views
+
+    def _best(self, view: int, queries: Tensor, exclude, bank_rows: int) -> Tensor:
+        """Maximum similarity of each query to the bank of one view, chunk by chunk."""
+        best = torch.full((len(queries),), -math.inf, dtype=torch.float64, device=queries.device)
+        for start in range(0, self.bank_.shape[1], bank_rows):
+            bank = self.bank_[view, start : start + bank_rows].to(queries.device, torch.float64)
+            sims = queries @ bank.T  # (n_queries, bank_rows)
             if exclude is not None:
-                _mask_excluded(sims, exclude.to(embeddings.device), start, stop)
-            best = torch.maximum(best, sims.amax(dim=2))
-        return best.mean(dim=0)
+                _mask_excluded(sims, exclude.to(queries.device), start, start + len(bank))
+            best = torch.maximum(best, sims.amax(dim=1))
+        return best
 
 
 class GaussianScorer(BaseEstimator):
@@ -200,15 +208,22 @@ class GaussianScorer(BaseEstimator):
         Tensor of shape (n_samples,), float64
         """
         _check_embeddings(embeddings, self.mean_)
-        chol = self.cholesky_.to(embeddings.device)
-        diff = embeddings.double() - self.mean_.to(embeddings.device)[:, None]
-        # y = L^-1 (z - mean); squared Mahalanobis distance = ||y||^2
-        y = torch.linalg.solve_triangular(chol, diff.transpose(1, 2), upper=False)
-        mahalanobis = (y**2).sum(dim=1)  # (n_views, n_samples)
+        n_views, n_queries, dim = embeddings.shape
+        device = embeddings.device
+        chol = self.cholesky_.to(device)
+        mean = self.mean_.to(device)
         logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)
-        dim = embeddings.shape[2]
-        log_density = -0.5 * (mahalanobis + logdet[:, None] + dim * math.log(2 * math.pi))
-        return log_density.mean(dim=0)
+        rows = max(1, _budget(None) // (3 * dim))  # diff, its solve, and the float64 copy
+        scores = torch.zeros(n_queries, dtype=torch.float64, device=device)
+        for view in range(n_views):
+            for q0 in range(0, n_queries, rows):
+                diff = embeddings[view, q0 : q0 + rows].double() - mean[view]
+                # y = L^-1 (z - mean); squared Mahalanobis distance = ||y||^2
+                y = torch.linalg.solve_triangular(chol[view], diff.T, upper=False)
+                mahalanobis = (y**2).sum(dim=0)
+                log_density = -0.5 * (mahalanobis + logdet[view] + dim * math.log(2 * math.pi))
+                scores[q0 : q0 + rows] += log_density
+        return scores / n_views
 
 
 def _ledoit_wolf_shrinkage(centered: Tensor, emp_cov: Tensor, mu: Tensor) -> Tensor:
@@ -265,14 +280,18 @@ def _check_embeddings(embeddings: Tensor, reference: Tensor | None = None) -> No
             )
 
 
-def _chunk_rows(n_rows: int, working_memory) -> int:
-    """Bank rows per chunk so that an (n_rows, chunk) float64 block fits in memory."""
+def _budget(working_memory) -> int:
+    """Return how many float64 values fit in ``working_memory`` megabytes.
+
+    None means scikit-learn's ``working_memory`` setting (1024 by default).
+    """
     megabytes = working_memory or get_config()["working_memory"]
-    return max(1, int(megabytes * 2**20 // (8 * max(1, n_rows))))
+    return max(1, int(megabytes * 2**20 // 8))
 
 
 def _mask_excluded(sims: Tensor, exclude: Tensor, start: int, stop: int) -> None:
+    """Set ``sims[q, exclude[q] - start]`` to -inf where the excluded index is in the chunk."""
     inside = (exclude >= start) & (exclude < stop)
-    rows = inside.nonzero().flatten()
-    if rows.numel():
-        sims[:, rows, exclude[rows] - start] = -math.inf
+    rows = torch.arange(len(exclude), device=sims.device)
+    column = (exclude - start).clamp(0, sims.shape[1] - 1)
+    sims[rows, column] = torch.where(inside, -math.inf, sims[rows, column])

@@ -121,3 +121,47 @@ def test_resolve_scorer_names_objects_and_errors():
 def test_builtin_scorers_satisfy_the_protocol_and_clone(scorer):
     assert isinstance(scorer, Scorer)
     assert clone(scorer).get_params() == scorer.get_params()
+
+
+def naive_nnd(train, test, exclude):
+    """Unoptimised S_NND: the full similarity matrix of every view, in one piece."""
+    sims = torch.einsum("vqd,vbd->vqb", test.double(), train.double())
+    for q, b in enumerate(exclude.tolist()):
+        if b >= 0:
+            sims[:, q, b] = -float("inf")
+    return sims.amax(dim=2).mean(dim=0)
+
+
+def naive_gaussian(train, test, shrinkage):
+    """Unoptimised S_LH: explicit inverse and log-determinant of each view's covariance."""
+    scores = []
+    for view in range(train.shape[0]):
+        z = train[view].double()
+        mean = z.mean(0)
+        cov = (z - mean).T @ (z - mean) / len(z)
+        mu = torch.trace(cov) / cov.shape[0]
+        cov = (1 - shrinkage) * cov + shrinkage * mu * torch.eye(cov.shape[0], dtype=cov.dtype)
+        diff = test[view].double() - mean
+        maha = torch.einsum("nd,de,ne->n", diff, torch.linalg.inv(cov), diff)
+        logdet = torch.linalg.slogdet(cov).logabsdet
+        scores.append(-0.5 * (maha + logdet + cov.shape[0] * np.log(2 * np.pi)))
+    return torch.stack(scores).mean(0)
+
+
+@pytest.mark.parametrize("working_memory", [1, 1024])
+def test_chunked_nnd_matches_the_unoptimised_scorer(working_memory):
+    train, test = embeddings(4, 1500, 32, 13), embeddings(4, 300, 32, 14)
+    exclude = torch.randint(-1, 1500, (300,), generator=torch.Generator().manual_seed(0))
+    fast = NearestNeighborScorer(working_memory=working_memory).fit(train)
+    np.testing.assert_allclose(
+        fast.score_samples(test, exclude), naive_nnd(train, test, exclude), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("shrinkage", [0.05, 0.5])
+def test_triangular_solve_gaussian_matches_the_unoptimised_scorer(shrinkage):
+    train, test = embeddings(3, 400, 24, 15), embeddings(3, 50, 24, 16)
+    fast = GaussianScorer(shrinkage=shrinkage).fit(train)
+    np.testing.assert_allclose(
+        fast.score_samples(test), naive_gaussian(train, test, shrinkage), rtol=1e-9
+    )

@@ -1,0 +1,351 @@
+"""Training and scoring speed, measured as ratios side by side in one run.
+
+1. **Overhead**: one Con2 training step through the library's own loop (``train_epoch``:
+   batch gather, context, T, forward, loss, backward, AdamW) against the backbone's
+   forward and backward alone on pre-made tensors of the same shape and precision.
+2. **Conventional pipeline**: a SupContrast-style loop on the same backbone and batch:
+   torchvision transforms per image in ``DataLoader`` workers, float32, a host-to-device
+   copy every step, the same Con2 loss. Images per second, ours against it.
+3. **Scoring**: 10000 test images x 40 views against 6000 training images, on given
+   features: our two scorers against scikit-learn's ``NearestNeighbors(metric="cosine")``
+   and ``EmpiricalCovariance``; seconds and peak memory.
+4. **Full budget**: the cost of 2048 epochs on 6000 images, extrapolated from (1).
+
+    python benchmarks/throughput.py --width 64 --write-readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from oneclass import hardware
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.neighbors import NearestNeighbors
+from torch.utils.data import DataLoader, Dataset
+
+from con2._training import EpochPlan, _autocast, build_optimizer, fast_math, train_epoch
+from con2._utils import make_generator, resolve_device
+from con2.augment import SimCLRAugment
+from con2.contexts import VerticalFlip
+from con2.losses import Con2Loss
+from con2.networks import Encoder, ResNet18
+from con2.scorers import GaussianScorer, NearestNeighborScorer
+
+ROOT = Path(__file__).resolve().parent
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def images(n, size, channels, seed=0):
+    return torch.from_numpy(
+        np.random.default_rng(seed).integers(0, 256, (n, channels, size, size), dtype=np.uint8)
+    )
+
+
+def overhead(device, width, batch_size, size, channels, n_steps, repeats) -> dict:
+    """Median seconds per step: the full Con2 step vs the backbone alone, interleaved."""
+    encoder = Encoder(ResNet18(channels, width)).to(device)
+    backbone = ResNet18(channels, width).to(device)
+    if device.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+        backbone = backbone.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(encoder, 1e-3, 1e-3, 10**6)
+    plan = EpochPlan(
+        images=images(n_steps * batch_size, size, channels).to(device),
+        contexts=(VerticalFlip(),),
+        augment=SimCLRAugment(),
+        batch_size=batch_size,
+        generator=make_generator(0, device),
+    )
+    views = torch.randn(4 * batch_size, channels, size, size, device=device)
+    if device.type == "cuda":
+        views = views.contiguous(memory_format=torch.channels_last)
+    loss_fn = Con2Loss(0.2)
+
+    def con2_epoch():
+        train_epoch(encoder, loss_fn, optimizer, scheduler, plan, iter(lambda: 0.5, None))
+
+    def backbone_steps():
+        for _ in range(n_steps):
+            backbone.zero_grad(set_to_none=True)
+            with _autocast(device):
+                h = backbone(views)
+            h.float().sum().backward()
+
+    ours, alone = [], []
+    with fast_math(device):
+        con2_epoch(), backbone_steps()  # warm-up: allocator, kernel selection
+        for _ in range(repeats):
+            ours.append(timed(con2_epoch, device) / n_steps)
+            alone.append(timed(backbone_steps, device) / n_steps)
+    return {
+        "con2_step_s": statistics.median(ours),
+        "backbone_step_s": statistics.median(alone),
+        "ratio": statistics.median(ours) / statistics.median(alone),
+        "samples": {"con2": ours, "backbone": alone},
+    }
+
+
+class ConventionalViews(Dataset):
+    """SupContrast-style dataset: two views in each of two contexts per item.
+
+    The views are made by torchvision transforms on one PIL image at a time.
+    """
+
+    def __init__(self, images_uint8):
+        self.images = images_uint8
+        size = images_uint8.shape[-1]
+        self.transform = T.Compose([
+            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.ToTensor(),
+            T.Normalize(0.5, 0.5),
+        ])  # fmt: skip
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        array = self.images[index]
+        image = T.functional.to_pil_image(array)
+        flipped = T.functional.vflip(image)
+        return torch.stack([self.transform(im) for im in (image, flipped, image, flipped)])
+
+
+def conventional(device, width, batch_size, size, channels, n_steps, workers) -> dict:
+    """Images per second of the per-image DataLoader pipeline (float32, copies per step)."""
+    data = ConventionalViews(images(n_steps * batch_size, size, channels))
+    loader = DataLoader(
+        data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    encoder = Encoder(ResNet18(channels, width)).to(device)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=1e-3)
+    loss_fn = Con2Loss(0.2)
+    contexts = torch.tensor([0, 1, 0, 1], device=device).repeat_interleave(batch_size)
+    instances = torch.arange(batch_size, device=device).repeat(4)
+
+    def epoch():
+        for batch in loader:  # (batch, 4, C, H, W): draw-major order, as make_views
+            views = batch.transpose(0, 1).reshape(-1, *batch.shape[2:]).to(device)
+            z_context, z_content = encoder(views)
+            loss = loss_fn(z_context, z_content, contexts, instances, 0.5)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the usual per-step logging
+
+    epoch()  # warm-up: worker start, allocator
+    seconds = timed(epoch, device)
+    return {"step_s": seconds / n_steps, "images_per_s": n_steps * batch_size / seconds}
+
+
+def peak_memory(fn, device):
+    """Run fn; return (seconds, peak memory in MiB above the level before it)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        seconds = timed(fn, device)
+        return seconds, (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # reset the resident-set high-water mark
+    base = _status_kib("VmRSS")
+    seconds = timed(fn, device)
+    return seconds, (_status_kib("VmHWM") - base) / 1024
+
+
+def _status_kib(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def scoring(device, dim, n_train, n_test, n_views) -> dict:
+    """Seconds and peak memory to score n_test images x n_views views against n_train."""
+    gen = torch.Generator().manual_seed(0)
+    train = F.normalize(torch.randn(n_views, n_train, dim, generator=gen), dim=2).to(device)
+    test = F.normalize(torch.randn(n_views, n_test, dim, generator=gen), dim=2).to(device)
+    results, outputs = {}, {}
+
+    def run(name, fn):
+        holder = {}
+        seconds, mib = peak_memory(lambda: holder.setdefault("out", fn()), device)
+        outputs[name] = np.asarray(holder["out"], dtype=np.float64)
+        results[name] = {"seconds": seconds, "images_per_s": n_test / seconds, "peak_mib": mib}
+
+    nnd = NearestNeighborScorer().fit(train)
+    half = NearestNeighborScorer(bank_dtype="float16").fit(train)
+    run("con2 nnd (float32 bank)", lambda: nnd.score_samples(test).cpu())
+    run("con2 nnd (float16 bank)", lambda: half.score_samples(test).cpu())
+    run("con2 lh (fit + score)", lambda: GaussianScorer().fit(train).score_samples(test).cpu())
+    train_np, test_np = train.cpu().numpy(), test.cpu().numpy()
+
+    def sklearn_nn():
+        total = np.zeros(n_test)
+        for view in range(n_views):
+            nn = NearestNeighbors(n_neighbors=1, metric="cosine").fit(train_np[view])
+            total += 1 - nn.kneighbors(test_np[view])[0][:, 0]
+        return total / n_views
+
+    def sklearn_gaussian():
+        total = np.zeros(n_test)
+        for view in range(n_views):
+            total -= EmpiricalCovariance().fit(train_np[view]).mahalanobis(test_np[view])
+        return total / n_views
+
+    run("sklearn NearestNeighbors(cosine)", sklearn_nn)
+    run("sklearn EmpiricalCovariance (fit + mahalanobis)", sklearn_gaussian)
+    same = np.abs(outputs["con2 nnd (float32 bank)"] - outputs["sklearn NearestNeighbors(cosine)"])
+    results["max |con2 nnd - sklearn|"] = float(same.max())
+    return results
+
+
+def main(
+    device: str = "auto",
+    width: int = 64,
+    batch_size: int = 256,
+    image_size: int = 28,
+    channels: int = 1,
+    n_steps: int = 4,
+    repeats: int = 3,
+    workers: int = 2,
+    n_test: int = 10000,
+    n_train: int = 6000,
+    n_views: int = 40,
+    out: str | None = None,
+    write_readme: bool = False,
+) -> dict:
+    """Run all four measurements and return (and save) the results."""
+    dev = resolve_device(device)
+    shape = (dev, width, batch_size, image_size, channels, n_steps)
+    result = {"overhead": overhead(*shape, repeats)}
+    print("overhead", json.dumps({k: v for k, v in result["overhead"].items() if k != "samples"}))
+    result["conventional"] = conventional(*shape, workers)
+    ours_ips = batch_size / result["overhead"]["con2_step_s"]
+    result["speedup_vs_conventional"] = ours_ips / result["conventional"]["images_per_s"]
+    print("conventional", result["conventional"], "speed-up", result["speedup_vs_conventional"])
+    result["scoring"] = scoring(dev, 8 * width, n_train, n_test, n_views)
+    print("scoring", json.dumps(result["scoring"]))
+    steps = 2048 * (6000 // batch_size)
+    result["full_budget_hours"] = {
+        "con2": steps * result["overhead"]["con2_step_s"] / 3600,
+        "backbone floor": steps * result["overhead"]["backbone_step_s"] / 3600,
+    }
+    result.update(
+        date=date.today().isoformat(),
+        hardware=hardware() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        device=dev.type,
+        settings=dict(
+            width=width,
+            batch_size=batch_size,
+            image_size=image_size,
+            channels=channels,
+            n_steps=n_steps,
+            repeats=repeats,
+            workers=workers,
+            n_test=n_test,
+            n_train=n_train,
+            n_views=n_views,
+        ),
+        command=f"python benchmarks/throughput.py --device {device} --width {width} "
+        f"--batch-size {batch_size} --n-steps {n_steps} --repeats {repeats} --workers {workers}",
+        torch=torch.__version__,
+    )
+    name = f"throughput-{dev.type}-w{width}"
+    path = Path(out) if out else ROOT / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    if write_readme:
+        render_readme(result, name)
+    return result
+
+
+def render_readme(r, name) -> None:
+    o, c, s = r["overhead"], r["conventional"], r["scoring"]
+    lines = [
+        f"<!-- {name} -->",
+        f"Run {r['date']} on {r['hardware']}, torch {r['torch']}; ResNet18 width "
+        f"{r['settings']['width']}, batch {r['settings']['batch_size']} images (x4 views), "
+        f"{r['settings']['image_size']}x{r['settings']['image_size']}x"
+        f"{r['settings']['channels']} images.",
+        "",
+        f"    {r['command']}",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        "| Con2 step (gather, context, T, forward, loss, backward, AdamW) | "
+        f"{o['con2_step_s']:.3f} s |",
+        f"| backbone forward + backward alone, same views | {o['backbone_step_s']:.3f} s |",
+        f"| **overhead ratio** (step / backbone) | **{o['ratio']:.3f}** |",
+        f"| conventional per-image DataLoader pipeline ({r['settings']['workers']} workers) | "
+        f"{c['step_s']:.3f} s per step |",
+        f"| **speed-up over the conventional pipeline** (images/s) | "
+        f"**{r['speedup_vs_conventional']:.2f}x** |",
+        f"| 2048 epochs x 6000 images, extrapolated | {r['full_budget_hours']['con2']:.1f} h "
+        f"(backbone floor {r['full_budget_hours']['backbone floor']:.1f} h) |",
+        "",
+        f"Scoring {r['settings']['n_test']} images x {r['settings']['n_views']} views against "
+        f"{r['settings']['n_train']} training images, embed_dim {8 * r['settings']['width']}, "
+        "on given features:",
+        "",
+        "| scorer | seconds | images / s | peak memory (MiB) |",
+        "|---|---|---|---|",
+    ]  # fmt: skip
+    for key, value in s.items():
+        if isinstance(value, dict):
+            lines.append(
+                f"| {key} | {value['seconds']:.1f} | {value['images_per_s']:.0f} | "
+                f"{value['peak_mib']:.0f} |"
+            )
+    lines += ["", f"Largest difference between our NND scores and scikit-learn's: "
+              f"{s['max |con2 nnd - sklearn|']:.1e}.", f"<!-- {name} -->"]  # fmt: skip
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    marker = f"<!-- {name} -->"
+    block = "\n".join(lines)
+    if marker in text:
+        before, _, rest = text.partition(marker)
+        text = before + block + rest.partition(marker)[2]
+    else:
+        text += "\n" + block + "\n"
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--n-steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--n-test", type=int, default=10000)
+    parser.add_argument("--n-train", type=int, default=6000)
+    parser.add_argument("--n-views", type=int, default=40)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})
