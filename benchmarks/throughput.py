@@ -32,7 +32,14 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 from torch.utils.data import DataLoader, Dataset
 
-from con2._training import EpochPlan, _autocast, build_optimizer, fast_math, train_epoch
+from con2._training import (
+    EpochPlan,
+    _autocast,
+    build_optimizer,
+    fast_math,
+    make_views,
+    train_epoch,
+)
 from con2._utils import make_generator, resolve_device
 from con2.augment import SimCLRAugment
 from con2.contexts import VerticalFlip
@@ -77,7 +84,9 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
         batch_size=batch_size,
         generator=make_generator(0, device),
     )
-    views = torch.randn(4 * batch_size, channels, size, size, device=device)
+    # The backbone sees real views (augmented images), made once before timing.
+    x = plan.images[:batch_size].float().div(255)
+    views = make_views(x, plan.contexts, plan.augment, make_generator(1, device))[0]
     if device.type == "cuda":
         views = views.contiguous(memory_format=torch.channels_last)
     loss_fn = Con2Loss(0.2)
@@ -245,7 +254,7 @@ def main(
     image_size: int = 28,
     channels: int = 1,
     n_steps: int = 4,
-    repeats: int = 3,
+    repeats: int = 5,
     workers: int = 2,
     n_test: int = 10000,
     n_train: int = 6000,
@@ -356,7 +365,7 @@ if __name__ == "__main__":
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--n-steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--n-train", type=int, default=6000)

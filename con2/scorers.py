@@ -173,26 +173,34 @@ class GaussianScorer(BaseEstimator):
         """Fit a Gaussian per view on embeddings of shape (n_views, n_samples, embed_dim)."""
         self._validate_params()
         _check_embeddings(embeddings)
-        z = embeddings.double()
-        n_samples, dim = z.shape[1], z.shape[2]
-        self.mean_ = z.mean(dim=1)
-        centered = z - self.mean_[:, None]
-        emp_cov = centered.transpose(1, 2) @ centered / n_samples
-        mu = torch.diagonal(emp_cov, dim1=1, dim2=2).mean(dim=1)  # trace / dim
+        means, choleskys, shrinkages = [], [], []
+        for view in embeddings:  # one view at a time: float64 copies of one (n, d) block
+            mean, cholesky, shrinkage = self._fit_view(view.double())
+            means.append(mean), choleskys.append(cholesky), shrinkages.append(shrinkage)
+        self.mean_ = torch.stack(means)
+        self.cholesky_ = torch.stack(choleskys)
+        self.shrinkage_ = torch.stack(shrinkages)
+        return self
+
+    def _fit_view(self, z: Tensor):
+        n_samples = z.shape[0]
+        mean = z.mean(dim=0)
+        centered = z - mean
+        emp_cov = centered.T @ centered / n_samples
+        mu = torch.diagonal(emp_cov).mean()  # trace / dim
         if self.shrinkage == "ledoit-wolf":
-            self.shrinkage_ = _ledoit_wolf_shrinkage(centered, emp_cov, mu)
+            shrinkage = _ledoit_wolf_shrinkage(centered, emp_cov, mu)
         else:
-            self.shrinkage_ = torch.full_like(mu, float(self.shrinkage))
-        eye = torch.eye(dim, dtype=z.dtype, device=z.device)
-        s = self.shrinkage_[:, None, None]
-        cov = (1 - s) * emp_cov + s * mu[:, None, None] * eye
-        self.cholesky_, info = torch.linalg.cholesky_ex(cov)
-        if bool((info > 0).any()):
+            shrinkage = torch.tensor(float(self.shrinkage), dtype=z.dtype, device=z.device)
+        cov = (1 - shrinkage) * emp_cov
+        cov.diagonal().add_(shrinkage * mu)
+        cholesky, info = torch.linalg.cholesky_ex(cov)
+        if int(info) > 0:
             raise ValueError(
                 "The covariance of the training embeddings is singular (are all training "
                 "images identical?). Use shrinkage > 0 or the 'nnd' scorer."
             )
-        return self
+        return mean, cholesky, shrinkage
 
     def score_samples(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Mean over views of the Gaussian log-density; ``exclude`` is ignored.
@@ -227,19 +235,20 @@ class GaussianScorer(BaseEstimator):
 
 
 def _ledoit_wolf_shrinkage(centered: Tensor, emp_cov: Tensor, mu: Tensor) -> Tensor:
-    """Ledoit & Wolf (2004) optimal shrinkage towards ``mu * I``, per view.
+    """Ledoit & Wolf (2004) optimal shrinkage towards ``mu * I``.
 
     With S the empirical covariance of n centred rows x_k in d dimensions and the
     Frobenius norm scaled by 1/d: delta = ||S - mu I||^2, beta = min(delta,
     (sum_k ||x_k||^4 - n ||S||^2) / n^2), shrinkage = beta / delta.
     """
-    n_samples, dim = centered.shape[1], centered.shape[2]
-    eye = torch.eye(dim, dtype=emp_cov.dtype, device=emp_cov.device)
-    delta = ((emp_cov - mu[:, None, None] * eye) ** 2).sum(dim=(1, 2)) / dim
-    fourth = (centered**2).sum(dim=2).pow(2).sum(dim=1)
-    beta = (fourth - n_samples * (emp_cov**2).sum(dim=(1, 2))) / (n_samples**2 * dim)
+    n_samples, dim = centered.shape
+    off = emp_cov.clone()
+    off.diagonal().sub_(mu)
+    delta = (off**2).sum() / dim
+    fourth = (centered**2).sum(dim=1).pow(2).sum()
+    beta = (fourth - n_samples * (emp_cov**2).sum()) / (n_samples**2 * dim)
     beta = torch.minimum(beta, delta)
-    return torch.where(delta > 0, beta / delta.clamp_min(1e-300), torch.ones_like(delta))
+    return beta / delta if delta > 0 else torch.ones_like(delta)
 
 
 SCORERS = {"nnd": NearestNeighborScorer, "lh": GaussianScorer}
