@@ -4,6 +4,7 @@
 """
 
 from con2._detector import Con2Detector
+from con2._persistence import load
 from con2.contexts import (
     CONTEXTS,
     ColorInvert,
@@ -29,4 +30,5 @@ __all__ = [
     "VerticalFlip",
     "__version__",
     "check_context",
+    "load",
 ]

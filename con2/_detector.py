@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-import sys
+import copy
+import os
 import warnings
 from numbers import Integral, Real
 
@@ -13,23 +12,31 @@ import torch
 from sklearn import get_config
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
+from con2 import _persistence
 from con2._compat import HasMethods, Interval, StrOptions, _fit_context
-from con2._input import validate_images
+from con2._input import TrainingIndex, validate_images
+from con2._persistence import checkpoint_for
 from con2._training import (
     EpochPlan,
-    alpha_schedule,
-    build_optimizer,
+    Schedule,
     embed_views,
     fast_math,
+    fit_encoder,
     make_test_time_views,
-    train_epoch,
+    place_images,
+    progress_reporter,
 )
-from con2._utils import derive_seed, loadable_device, make_generator, move, resolve_device
+from con2._utils import (
+    derive_seed,
+    loadable_device,
+    make_generator,
+    move,
+    release_cuda_memory,
+    resolve_device,
+)
 from con2.augment import SimCLRAugment
-from con2.contexts import CONTEXTS, check_context, resolve_contexts
-from con2.losses import Con2Loss
+from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
 from con2.networks import BACKBONES, build_encoder
 from con2.scorers import SCORERS, resolve_scorer
 
@@ -100,6 +107,17 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     compile : bool, default=False
         Train through ``torch.compile(encoder)``: a one-off compilation (tens of
         seconds), then faster steps on a GPU. The fitted ``encoder_`` is the plain module.
+    warm_start : bool, default=False
+        If fitted already, ``fit`` trains the current encoder for ``n_epochs`` more epochs
+        (fresh AdamW state and cosine schedule, content weight held at ``alpha_max``) on
+        images of the same shape, then refits the scorer. ``loss_curve_`` grows.
+    checkpoint_path : str or path-like, default=None
+        File to save the training state to every ``checkpoint_every`` epochs and at the
+        end. A ``fit`` with the same data and parameters resumes from it and ends in the
+        same state as an uninterrupted fit; a checkpoint of another fit is overwritten
+        (with a warning).
+    checkpoint_every : int, default=10
+        Epochs between checkpoints.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, augmentations and batch order. Torch's global
         random state is never touched.
@@ -164,6 +182,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "device": [str],
         "compile": ["boolean"],
+        "warm_start": ["boolean"],
+        "checkpoint_path": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -187,6 +208,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         contamination="auto",
         device="auto",
         compile=False,
+        warm_start=False,
+        checkpoint_path=None,
+        checkpoint_every=10,
         random_state=None,
         verbose=0,
     ):
@@ -206,6 +230,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.contamination = contamination
         self.device = device
         self.compile = compile
+        self.warm_start = warm_start
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
         self.random_state = random_state
         self.verbose = verbose
 
@@ -313,42 +340,48 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         z = embed_views(self.encoder_, images, None, self._forward_size(self.device_), self.device_)
         return z[0].cpu().numpy()
 
+    def save(self, path):
+        """Write the fitted detector to ``path`` in con2's weights-only format.
+
+        Unlike joblib/pickle files, the file holds no code: :func:`con2.load` reads it
+        with ``torch.load(weights_only=True)``. Only detectors built from the built-in
+        contexts, backbone and scorers can be saved this way.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        check_is_fitted(self)
+        _persistence.save(self, path)
+
     def _fit(self, images):
         """Train and fit the scorer; return leave-one-out training scores (float64)."""
-        n_samples = images.shape[0]
-        if n_samples < 2:
-            raise ValueError(
-                f"Con2Detector needs at least 2 training images; got n_samples={n_samples}."
-            )
-        if images[0].numel() < 2:
-            raise ValueError(
-                "Con2Detector needs images of more than one pixel; got n_features=1 "
-                f"(image shape {tuple(images.shape[1:])})."
-            )
-        contexts = resolve_contexts(self.context)
-        scorer = resolve_scorer(self.scorer)
-        if self.n_test_augmentations < len(contexts) + 1:
-            raise ValueError(
-                f"n_test_augmentations={self.n_test_augmentations} is fewer than the "
-                f"{len(contexts) + 1} contexts; each context needs at least one view."
-            )
-        self._warn_on_weak_contexts(images, contexts)
+        contexts, scorer = self._check_training_set(images)
         device = resolve_device(self.device)
-        seed = derive_seed(self.random_state)
+        n_samples, image_shape = images.shape[0], tuple(images.shape[1:])
+        warm = self._check_warm_start(image_shape, contexts)
+        previous = list(self.loss_curve_) if warm else []
+        seed = (derive_seed(self.random_state) + len(previous)) % np.iinfo(np.int32).max
         generator = make_generator(seed, device)
-        image_shape = tuple(images.shape[1:])
-        encoder = build_encoder(self.backbone, self.base_width, image_shape, seed, bool(contexts))
+        if warm:
+            encoder = copy.deepcopy(self.encoder_).cpu()  # the fitted one stays untouched
+        else:
+            encoder = build_encoder(
+                self.backbone, self.base_width, image_shape, seed, bool(contexts)
+            )
         plan = EpochPlan(
-            images=_place(images, device),
+            images=place_images(images, device),
             contexts=contexts,
             augment=SimCLRAugment(),
             batch_size=min(self.batch_size, n_samples),
             generator=generator,
         )
-        if device.type == "cuda":
-            encoder = encoder.to(device, memory_format=torch.channels_last)
+        memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
+        encoder = encoder.to(device, memory_format=memory_format)
         with fast_math(device):
-            loss_curve = self._train(encoder.to(device), plan)
+            checkpoint = checkpoint_for(self, images)
+            progress = progress_reporter(self.n_epochs, self.verbose)
+            losses = fit_encoder(encoder, plan, self._schedule(warm), checkpoint, progress)
             views = make_test_time_views(
                 self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
             )
@@ -362,55 +395,82 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
         # Fitted state is assigned only now, so a failed fit leaves the previous state.
         self.encoder_, self.contexts_, self.scorer_, self.views_ = encoder, contexts, scorer, views
-        self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, loss_curve
-        self._train_index = _hash_index(images) if loo else None
+        self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, previous + losses
+        self._train_index = TrainingIndex(images) if loo else None
         self.offset_ = float(np.percentile(scores, 100 * contamination))
         return scores
 
-    def _train(self, encoder, plan: EpochPlan) -> list:
-        loss_fn = Con2Loss(self.temperature)
-        n_steps = self.n_epochs * (plan.images.shape[0] // plan.batch_size)
-        optimizer, scheduler = build_optimizer(
-            encoder, self.learning_rate, self.weight_decay, n_steps
-        )
-        alphas = alpha_schedule(self.alpha_max, n_steps)
-        model = torch.compile(encoder) if self.compile else encoder  # shares the weights
-        loss_curve = []
-        bar = tqdm(range(self.n_epochs), desc="Con2 fit", unit="epoch", disable=not self.verbose)
-        for epoch in bar:
-            loss = float(train_epoch(model, loss_fn, optimizer, scheduler, plan, alphas))
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"The training loss became {loss} in epoch {epoch + 1}. Lower "
-                    f"learning_rate (now {self.learning_rate}) or raise temperature (now "
-                    f"{self.temperature}); the estimator keeps its previous state."
-                )
-            loss_curve.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if self.verbose >= 2:
-                bar.write(f"epoch {epoch + 1}/{self.n_epochs}: loss {loss:.4f}", file=sys.stderr)
-        return loss_curve
+    def _check_training_set(self, images):
+        """Check the images against the settings; return contexts and a fresh scorer."""
+        n_samples = images.shape[0]
+        if n_samples < 2:
+            raise ValueError(
+                f"Con2Detector needs at least 2 training images; got n_samples={n_samples}."
+            )
+        if images[0].numel() < 2:
+            raise ValueError(
+                "Con2Detector needs images of more than one pixel; got n_features=1 "
+                f"(image shape {tuple(images.shape[1:])})."
+            )
+        contexts = resolve_contexts(self.context)
+        if self.n_test_augmentations < len(contexts) + 1:
+            raise ValueError(
+                f"n_test_augmentations={self.n_test_augmentations} is fewer than the "
+                f"{len(contexts) + 1} contexts; each context needs at least one view."
+            )
+        warn_if_unsuitable(images, contexts, max_samples=_CHECK_SAMPLES)
+        return contexts, resolve_scorer(self.scorer)
+
+    def _check_warm_start(self, image_shape, contexts) -> bool:
+        """Whether this fit continues the fitted encoder (``warm_start``)."""
+        if not (self.warm_start and hasattr(self, "encoder_")):
+            return False
+        if image_shape != self.image_shape_ or len(contexts) != len(self.contexts_):
+            raise ValueError(
+                f"warm_start continues a model fitted on images of shape {self.image_shape_} "
+                f"with {len(self.contexts_)} context(s); got {image_shape} and "
+                f"{len(contexts)}. Set warm_start=False to train a new model."
+            )
+        return True
+
+    def _schedule(self, warm: bool) -> Schedule:
+        return Schedule(
+            n_epochs=self.n_epochs, learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay, temperature=self.temperature,
+            alpha_max=self.alpha_max, warm=warm, compile=self.compile,
+        )  # fmt: skip
 
     def _score(self, images) -> np.ndarray:
-        exclude = self._training_indices(images)
+        exclude = None if self._train_index is None else self._train_index.lookup(images)
         # images per scorer call: their embeddings fit in scikit-learn's working_memory
         megabytes = get_config()["working_memory"]
         chunk = max(1, megabytes * 2**20 // (4 * len(self.views_) * self._embed_dim()))
-        scores = []
-        for start in range(0, images.shape[0], chunk):
-            z = embed_views(
-                self.encoder_, images[start : start + chunk], self.views_,
-                self._forward_size(self.device_), self.device_,
-            )  # fmt: skip
-            part = None if exclude is None else exclude[start : start + chunk].to(z.device)
-            scores.append(self.scorer_.score_samples(z, part).cpu())
+        forward = self._forward_size(self.device_)
+        scores, start = [], 0
+        while start < images.shape[0]:
+            part = None if exclude is None else exclude[start : start + chunk]
+            try:
+                z = embed_views(self.encoder_, images[start : start + chunk], self.views_,
+                                forward, self.device_)  # fmt: skip
+                scores.append(self.scorer_.score_samples(z, part).cpu())
+            except torch.cuda.OutOfMemoryError:
+                if chunk == 1 and forward == 1:
+                    raise
+                # Fewer images per chunk first (results unchanged); then smaller passes.
+                if chunk * len(self.views_) > forward:
+                    chunk = max(1, chunk // 2)
+                else:
+                    chunk, forward = max(1, chunk // 2), max(1, forward // 2)
+                release_cuda_memory()
+                warnings.warn(
+                    f"CUDA ran out of memory while scoring; retrying with {chunk} images "
+                    f"per chunk and {forward} views per forward pass.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                continue
+            start += chunk
         return torch.cat(scores).numpy().astype(np.float64, copy=False)
-
-    def _training_indices(self, images):
-        """For leave-one-out scorers: the training index of each image, or -1."""
-        if self._train_index is None:
-            return None
-        return torch.tensor([self._train_index.get(_digest(x), -1) for x in images])
 
     def _forward_size(self, device) -> int:
         """Return the number of views per forward pass when embedding.
@@ -421,22 +481,6 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
     def _embed_dim(self) -> int:
         return self.encoder_.head_content.net[0].in_features
-
-    def _warn_on_weak_contexts(self, images, contexts):
-        if not contexts or images.shape[0] < 3:
-            return
-        reports = check_context(
-            images, list(contexts), max_samples=_CHECK_SAMPLES, image_shape=images.shape[1:]
-        )
-        for report in reports:
-            if not report.passed:
-                warnings.warn(
-                    f"Context check failed: {report}. Con2 relies on a context that is "
-                    "distinctive and aligned on the normal images; consider another context "
-                    "(see con2.check_context).",
-                    UserWarning,
-                    stacklevel=5,  # the caller of fit, above _fit_context
-                )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -466,28 +510,3 @@ def _labels(decision: np.ndarray) -> np.ndarray:
     labels = np.ones_like(decision, dtype=int)
     labels[decision < 0] = -1
     return labels
-
-
-def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Keep the training images on the device if they fit in a quarter of its free memory.
-
-    Otherwise they stay in host memory and travel batch by batch.
-    """
-    if device.type != "cuda":
-        return images
-    free, _ = torch.cuda.mem_get_info(device)
-    if images.numel() * images.element_size() < free // 4:
-        return images.to(device)
-    return images
-
-
-def _digest(image: torch.Tensor) -> bytes:
-    return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()
-
-
-def _hash_index(images: torch.Tensor) -> dict:
-    """Map the bytes of each training image to its index (first one wins)."""
-    index = {}
-    for i, image in enumerate(images):
-        index.setdefault(_digest(image), i)
-    return index

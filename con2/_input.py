@@ -16,6 +16,7 @@ linearly onto [0, 1]. The canonical form is a CPU tensor of shape
 
 from __future__ import annotations
 
+import hashlib
 from numbers import Real
 
 import numpy as np
@@ -91,6 +92,13 @@ def as_images(X, *, image_shape=None, value_range=None) -> torch.Tensor:
 def _check_array(X, estimator=None, reset=True) -> np.ndarray:
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu().numpy()
+    if isinstance(X, list | tuple) and X and all(hasattr(x, "shape") for x in X):
+        shapes = sorted({tuple(x.shape) for x in X})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"All images must have the same shape; got {len(shapes)} shapes, e.g. "
+                f"{shapes[-1]} and {shapes[0]}. Resize or crop them first."
+            )
     ndim = getattr(X, "ndim", None)
     if ndim is None:  # lists, tuples, _NotAnArray: let check_array find the shape
         X = check_array(X, dtype="numeric", allow_nd=True, ensure_2d=False, ensure_all_finite=False)
@@ -107,6 +115,8 @@ def validate_images(estimator, X, *, reset: bool) -> torch.Tensor:
     values per image), ``feature_names_in_`` for DataFrames, and the caller stores the
     image shape. With ``reset=False`` the images must match ``estimator.image_shape_``.
     """
+    if not reset:
+        _refuse_single_image(X, estimator.image_shape_)
     X = _check_array(X, estimator, reset)
     if reset:
         shape = check_image_shape(estimator.image_shape)
@@ -116,6 +126,27 @@ def validate_images(estimator, X, *, reset: bool) -> torch.Tensor:
     if reset:
         estimator.n_features_in_ = int(np.prod(images.shape[1:]))
     return _to_unit_range(images, check_value_range(estimator.value_range))
+
+
+def _refuse_single_image(X, image_shape) -> None:
+    """Name the mistake when one image comes without its batch axis.
+
+    Only shapes that no batch reading explains are refused: a (1, H, W) array is a
+    batch of one grayscale image, a (1, n_features) array one flattened image.
+    """
+    shape = tuple(getattr(X, "shape", ()))
+    channels, height, width = image_shape
+    looks_single = shape in {(channels, height, width), (height, width, channels)} or (
+        channels == 1 and shape == (height, width)
+    )
+    batch = (len(shape) == 2 and shape[1] == channels * height * width) or (
+        len(shape) == 3 and channels == 1 and shape[1:] == (height, width)
+    )
+    if looks_single and not batch:
+        raise ValueError(
+            f"X of shape {shape} looks like a single image; pass a batch of images, "
+            "e.g. X[None] for one image."
+        )
 
 
 def _to_nchw(X: np.ndarray, shape, *, fitted: bool) -> np.ndarray:
@@ -222,3 +253,31 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     return images.float()
+
+
+class TrainingIndex:
+    """Recognise training images by their pixels (a 16-byte hash of each).
+
+    Lets leave-one-out scorers score a training image without its own entry when it comes
+    back through ``score_samples``. Memory: 16 bytes and an int per training image.
+    """
+
+    def __init__(self, images: torch.Tensor):
+        self.positions = {}
+        for i, image in enumerate(images):
+            self.positions.setdefault(_digest(image), i)  # duplicates: the first one
+
+    @classmethod
+    def from_positions(cls, positions: dict) -> TrainingIndex:
+        """Rebuild an index from its ``positions`` (digest -> training index)."""
+        index = cls.__new__(cls)
+        index.positions = dict(positions)
+        return index
+
+    def lookup(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the training index of each image, or -1."""
+        return torch.tensor([self.positions.get(_digest(x), -1) for x in images])
+
+
+def _digest(image: torch.Tensor) -> bytes:
+    return hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest()

@@ -8,14 +8,18 @@ width), ``uint8`` or floats in [0, 1]; views are normalised to [-1, 1] by
 from __future__ import annotations
 
 import contextlib
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from con2._input import to_float
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import apply_context
+from con2.losses import Con2Loss
 
 
 def normalize(x: Tensor) -> Tensor:
@@ -255,7 +259,101 @@ def build_optimizer(encoder: nn.Module, learning_rate: float, weight_decay: floa
     return optimizer, scheduler
 
 
-def alpha_schedule(alpha_max: float, n_steps: int, start: int = 0):
-    """Yield the content weight per step, rising linearly from 0 to ``alpha_max``."""
+def alpha_schedule(alpha_max: float, n_steps: int, start: int = 0, warm: bool = False):
+    """Yield the content weight per step, rising linearly from 0 to ``alpha_max``.
+
+    ``warm`` (continuing a fitted encoder) holds it at ``alpha_max``.
+    """
     for step in range(start, n_steps):
-        yield alpha_max * step / max(1, n_steps - 1)
+        yield alpha_max if warm else alpha_max * step / max(1, n_steps - 1)
+
+
+@dataclass
+class Schedule:
+    """The optimisation settings of one fit (the paper's appendix E)."""
+
+    n_epochs: int
+    learning_rate: float
+    weight_decay: float
+    temperature: float
+    alpha_max: float
+    warm: bool = False
+    compile: bool = False
+
+
+def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progress) -> list:
+    """Train ``encoder`` for ``schedule.n_epochs`` epochs; return the loss of each epoch.
+
+    ``checkpoint`` (a :class:`con2._persistence.Checkpoint` or None) is resumed from if it
+    holds a state of this very fit, and written every ``checkpoint.every`` epochs: a
+    resumed fit ends in the same state as an uninterrupted one. ``progress(epoch, loss)``
+    is called after each epoch. With ``schedule.compile`` the steps run through
+    ``torch.compile(encoder)``, which shares the encoder's weights.
+    """
+    model = torch.compile(encoder) if schedule.compile else encoder
+    loss_fn = Con2Loss(schedule.temperature)
+    steps_per_epoch = plan.images.shape[0] // plan.batch_size
+    n_steps = schedule.n_epochs * steps_per_epoch
+    optimizer, scheduler = build_optimizer(
+        encoder, schedule.learning_rate, schedule.weight_decay, n_steps
+    )
+    state = checkpoint.load() if checkpoint is not None else None
+    losses, start = [], 0
+    if state is not None:
+        encoder.load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        plan.generator.set_state(state["generator"])
+        losses, start = list(state["losses"]), len(state["losses"])
+    alphas = alpha_schedule(
+        schedule.alpha_max, n_steps, start * steps_per_epoch, warm=schedule.warm
+    )
+    for epoch in range(start, schedule.n_epochs):
+        loss = float(train_epoch(model, loss_fn, optimizer, scheduler, plan, alphas))
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
+                f"(now {schedule.learning_rate}) or raise temperature (now "
+                f"{schedule.temperature}); the estimator keeps its previous state."
+            )
+        losses.append(loss)
+        progress(epoch, loss)
+        if checkpoint is not None and (
+            (epoch + 1) % checkpoint.every == 0 or epoch + 1 == schedule.n_epochs
+        ):
+            checkpoint.save({
+                "encoder": encoder.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": plan.generator.get_state(),
+                "losses": losses,
+            })  # fmt: skip
+    return losses
+
+
+def place_images(images: Tensor, device: torch.device) -> Tensor:
+    """Keep the training images on the device if they fit in a quarter of its free memory.
+
+    Otherwise they stay in host memory and travel batch by batch (``_fetch``).
+    """
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() < free // 4:
+        return images.to(device)
+    return images
+
+
+def progress_reporter(n_epochs: int, verbose: int):
+    """Return a per-epoch callback: a tqdm bar (verbose >= 1), lines (verbose >= 2)."""
+    bar = tqdm(total=n_epochs, desc="Con2 fit", unit="epoch", disable=not verbose)
+
+    def report(epoch, loss):
+        bar.n = epoch + 1
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if verbose >= 2:
+            bar.write(f"epoch {epoch + 1}/{n_epochs}: loss {loss:.4f}", file=sys.stderr)
+        if epoch + 1 == n_epochs:
+            bar.close()
+
+    return report

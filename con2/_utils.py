@@ -71,3 +71,9 @@ def move(obj: Any, device: torch.device | str) -> Any:
     torch.save(obj, buffer)
     buffer.seek(0)
     return torch.load(buffer, map_location=device, weights_only=False)
+
+
+def release_cuda_memory() -> None:
+    """Return cached CUDA memory to the driver (after an out-of-memory error)."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

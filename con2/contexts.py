@@ -19,6 +19,7 @@ References
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
@@ -236,10 +237,15 @@ class ContextReport:
         def mark(ok):
             return "ok" if ok else "FAILS"
 
+        alignment = (
+            "undefined (all images are identical)"
+            if np.isnan(self.alignment)
+            else f"{self.alignment:.3f}"
+        )
         return (
             f"{self.context!r} on {self.n_samples} images: "
             f"distinctiveness {self.distinctiveness:.3f} ({mark(self.distinctive)}), "
-            f"alignment {self.alignment:.3f} ({mark(self.aligned)})"
+            f"alignment {alignment} ({mark(self.aligned)})"
         )
 
 
@@ -302,6 +308,27 @@ def check_context(
         images = images[np.sort(rng.choice(images.shape[0], max_samples, replace=False))]
     reports = [_measure(c, images, min_distinctiveness, min_alignment) for c in contexts]
     return reports if isinstance(context, list | tuple) else reports[0]
+
+
+def warn_if_unsuitable(images: Tensor, contexts: tuple, max_samples: int) -> None:
+    """Warn for each context that fails :func:`check_context` on canonical ``images``.
+
+    ``fit`` runs this on up to ``max_samples`` training images.
+    """
+    if not contexts or images.shape[0] < 3:
+        return
+    reports = check_context(
+        images, list(contexts), max_samples=max_samples, image_shape=images.shape[1:]
+    )
+    for report in reports:
+        if not report.passed:
+            warnings.warn(
+                f"Context check failed: {report}. Con2 relies on a context that is "
+                "distinctive and aligned on the normal images; consider another context "
+                "(see con2.check_context).",
+                UserWarning,
+                stacklevel=6,  # the caller of Con2Detector.fit
+            )
 
 
 def _measure(context, images: Tensor, min_distinctiveness, min_alignment) -> ContextReport:

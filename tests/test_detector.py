@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import con2._detector as detector_module
+import con2._training as training_module
 from con2 import Con2Detector, GaussianScorer
 from con2.datasets import load_digits_images
 from con2.networks import ResNet18
@@ -201,7 +201,7 @@ def test_non_finite_loss_names_the_epoch_and_keeps_the_previous_state(digits, ti
         def forward(self, z_context, z_content, *args):
             return z_content.sum() * float("nan")
 
-    monkeypatch.setattr(detector_module, "Con2Loss", NanLoss)
+    monkeypatch.setattr(training_module, "Con2Loss", NanLoss)
     with pytest.raises(FloatingPointError, match=r"epoch 1.*learning_rate"):
         det.fit(digits[0])
     assert det.encoder_ is encoder and det.offset_ == offset

@@ -1,0 +1,260 @@
+"""A weights-only file format for fitted detectors: loading it never runs code.
+
+joblib and pickle files can execute arbitrary code when loaded. :func:`save` writes one
+file with :func:`torch.save` that holds only tensors, numbers, strings, lists and dicts:
+the constructor parameters and fitted scalars as JSON text, the encoder's ``state_dict``,
+the scorer's fitted tensors, the test-time augmentation parameters and the training-image
+hashes. :func:`load` reads it with ``torch.load(weights_only=True)``, which refuses
+anything else, and rebuilds the detector from the package's own classes. Only built-in
+components can travel this way: a user-written context, backbone or scorer is code, and
+code is what this format refuses to carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import warnings
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from con2._input import TrainingIndex
+from con2._training import TestTimeViews
+from con2._utils import loadable_device
+from con2.augment import AugmentParams, SimCLRAugment
+from con2.contexts import CONTEXTS, resolve_contexts
+from con2.networks import build_encoder
+from con2.scorers import SCORERS
+
+FORMAT = "con2-weights"
+FORMAT_VERSION = 1
+_FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_")
+
+
+def save(detector, path) -> None:
+    """Write a fitted detector to ``path`` in the weights-only format."""
+    from con2 import __version__
+
+    _check_builtin(detector)
+    params = {k: _plain(k, v) for k, v in detector.get_params(deep=False).items()}
+    scorer = detector.scorer_
+    params["scorer"] = {"name": _name(SCORERS, scorer), "params": scorer.get_params()}
+    fitted = {name: _plain(name, getattr(detector, name)) for name in _FITTED}
+    fitted["device_"] = str(detector.device_)
+    fitted["contexts"] = [_name(CONTEXTS, c) for c in detector.contexts_]
+    fitted["augment"] = asdict(detector.views_.augment)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "con2_version": __version__,
+        "params": json.dumps(params),
+        "fitted": json.dumps(fitted),
+        "encoder": {k: v.cpu() for k, v in detector.encoder_.state_dict().items()},
+        "scorer": {k: v.cpu() for k, v in vars(scorer).items() if k.endswith("_")},
+        "views": {f.name: getattr(detector.views_.params, f.name) for f in fields(AugmentParams)},
+        "view_contexts": detector.views_.view_contexts,
+        "train_index": _index_to_tensors(detector._train_index),
+    }
+    torch.save(payload, path)
+
+
+def load(path, device=None):
+    """Read a detector written by :meth:`con2.Con2Detector.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    device : str, default=None
+        Where to run the detector; None means the device it was fitted on, or the CPU
+        (with a warning) when that device is missing here.
+
+    Returns
+    -------
+    detector : Con2Detector
+    """
+    from con2 import __version__
+    from con2._detector import Con2Detector
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{path} is not a con2 weights-only file: it holds pickled objects, which can "
+            "run code, and this loader refuses them. Load joblib/pickle files only if you "
+            "trust their source."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a con2 weights-only file.")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {payload.get('format_version')} (written by con2 "
+            f"{payload.get('con2_version')}); con2 {__version__} reads version "
+            f"{FORMAT_VERSION}. Load it with the con2 version that wrote it."
+        )
+    params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
+    spec = params["scorer"]
+    params["scorer"] = SCORERS[spec["name"]](**spec["params"])
+    for key in ("image_shape", "value_range", "context"):
+        if isinstance(params[key], list):
+            params[key] = tuple(params[key]) if key != "context" else params[key]
+    detector = Con2Detector(**params)
+    target = torch.device(device) if device is not None else torch.device(fitted["device_"])
+    _restore(detector, payload, fitted, loadable_device(target))
+    return detector
+
+
+def _restore(detector, payload, fitted, device) -> None:
+    contexts = resolve_contexts(fitted["contexts"] or None)
+    image_shape = tuple(fitted["image_shape_"])
+    encoder = build_encoder(
+        detector.backbone, detector.base_width, image_shape, 0, context_head=bool(contexts)
+    )
+    encoder.load_state_dict(payload["encoder"])
+    scorer = detector.scorer
+    for name, tensor in payload["scorer"].items():
+        setattr(scorer, name, tensor.to(device))
+    params = AugmentParams(**payload["views"])
+    augment = SimCLRAugment(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in fitted["augment"].items()})  # fmt: skip
+    detector.encoder_ = encoder.to(device)
+    detector.contexts_ = contexts
+    detector.scorer_ = scorer
+    detector.views_ = TestTimeViews(contexts, augment, params, payload["view_contexts"])
+    detector.offset_ = float(fitted["offset_"])
+    detector.image_shape_ = image_shape
+    detector.n_features_in_ = int(fitted["n_features_in_"])
+    detector.loss_curve_ = list(fitted["loss_curve_"])
+    detector.device_ = device
+    detector._train_index = _index_from_tensors(payload["train_index"])
+
+
+def _check_builtin(detector) -> None:
+    problems = []
+    if not isinstance(detector.backbone, str):
+        problems.append(f"backbone {detector.backbone!r}")
+    problems += [f"context {c!r}" for c in detector.contexts_ if _name(CONTEXTS, c) is None]
+    if _name(SCORERS, detector.scorer_) is None:
+        problems.append(f"scorer {detector.scorer_!r}")
+    if problems:
+        raise TypeError(
+            "save() writes built-in components only; this detector uses user-written "
+            f"{', '.join(problems)}. Use joblib.dump for it (and load only trusted files)."
+        )
+
+
+def _name(registry: dict, obj):
+    """Registry name of a built-in component instance, or None."""
+    for name, cls in registry.items():
+        if type(obj) is cls:
+            return name
+    return None
+
+
+def _plain(key, value):
+    """Return a JSON-ready version of a parameter or fitted value."""
+    if isinstance(value, tuple):
+        return [_plain(key, v) for v in value]
+    if isinstance(value, list):
+        return [_plain(key, v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.random.RandomState):
+        warnings.warn(
+            "random_state is a RandomState instance, which save() cannot store; the loaded "
+            "detector has random_state=None (this only matters if it is fitted again).",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    name = _name(CONTEXTS, value)
+    if name is not None:
+        return name
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if key == "scorer":
+        return None  # replaced by the scorer's name and parameters
+    raise TypeError(f"save() cannot store parameter {key}={value!r}.")
+
+
+def _index_to_tensors(index):
+    if index is None:
+        return None
+    digests = np.frombuffer(b"".join(index.positions), dtype=np.uint8).reshape(-1, 16)
+    return {
+        "digests": torch.tensor(digests),
+        "positions": torch.tensor(list(index.positions.values())),
+    }
+
+
+def _index_from_tensors(tensors):
+    if tensors is None:
+        return None
+    pairs = zip(tensors["digests"].numpy(), tensors["positions"].tolist(), strict=True)
+    return TrainingIndex.from_positions({bytes(d): int(p) for d, p in pairs})
+
+
+class Checkpoint:
+    """A training-state file that a later fit of the same data and settings resumes from.
+
+    Parameters
+    ----------
+    path : Path
+        The file; written atomically (a temporary file, then a rename).
+    every : int
+        Epochs between saves.
+    fingerprint : str
+        Identifies the fit (data and settings); a file with another one is ignored.
+    """
+
+    def __init__(self, path: Path, every: int, fingerprint: str):
+        self.path, self.every, self.fingerprint = Path(path), every, fingerprint
+
+    def load(self):
+        """Return the saved state of this fit, or None."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"Checkpoint {self.path} holds pickled objects; refusing to load it."
+            ) from exc
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            warnings.warn(
+                f"Checkpoint {self.path} belongs to another fit (other data or settings); "
+                "training starts afresh and will overwrite it.",
+                UserWarning,
+                stacklevel=5,
+            )
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        """Write ``state`` (tensors, state dicts, numbers) atomically."""
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, temporary)
+        os.replace(temporary, self.path)
+
+
+def checkpoint_for(detector, images):
+    """Return the checkpoint of a fit (None without ``checkpoint_path``).
+
+    Its fingerprint covers the training images and every setting that changes the
+    training trajectory, so a checkpoint is only resumed by the fit that wrote it.
+    """
+    if detector.checkpoint_path is None:
+        return None
+    keys = (
+        "context", "backbone", "base_width", "n_epochs", "batch_size", "learning_rate",
+        "weight_decay", "temperature", "alpha_max", "random_state", "warm_start",
+    )  # fmt: skip
+    params = detector.get_params()
+    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=16)
+    digest.update(repr({k: params[k] for k in keys}).encode())
+    return Checkpoint(detector.checkpoint_path, detector.checkpoint_every, digest.hexdigest())

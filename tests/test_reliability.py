@@ -1,0 +1,240 @@
+"""Faults during training, long runs, untrusted files, determinism and threads."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+import con2
+import con2._detector as detector_module
+import con2._training as training_module
+from con2 import Con2Detector
+from con2.datasets import load_digits_images
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits_images()
+    return X[y == 0][:100], X[y != 0][:60]
+
+
+def tiny(**params):
+    base = dict(context="invert", base_width=4, n_epochs=2, batch_size=16,
+                n_test_augmentations=4, device="cpu", random_state=0)  # fmt: skip
+    return Con2Detector(**{**base, **params})
+
+
+# Faults during training
+
+
+def test_keyboard_interrupt_leaves_an_unfitted_detector_unfitted(digits, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_module, "train_epoch", interrupted)
+    det = tiny()
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(digits[0])
+    assert not hasattr(det, "encoder_") and not hasattr(det, "offset_")
+
+
+def test_keyboard_interrupt_keeps_the_previous_fit(digits, monkeypatch):
+    det = tiny().fit(digits[0])
+    before = det.score_samples(digits[1])
+    calls = []
+
+    def interrupted_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    original = training_module.train_epoch
+    monkeypatch.setattr(training_module, "train_epoch", interrupted_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        det.set_params(random_state=5).fit(digits[0])
+    np.testing.assert_array_equal(det.score_samples(digits[1]), before)
+
+
+def test_cuda_out_of_memory_while_scoring_retries_with_smaller_chunks(digits, monkeypatch):
+    det = tiny().fit(digits[0])
+    expected = det.score_samples(digits[1])
+    original = detector_module.embed_views
+
+    def tight_memory(encoder, images, views, forward_size, device):
+        if len(images) > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(encoder, images, views, forward_size, device)
+
+    monkeypatch.setattr(detector_module, "embed_views", tight_memory)
+    with pytest.warns(UserWarning, match="ran out of memory"):
+        scores = det.score_samples(digits[1])
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+
+
+# Long runs
+
+
+def test_warm_start_continues_training_for_more_epochs(digits):
+    det = tiny(n_epochs=2).fit(digits[0])
+    first = list(det.loss_curve_)
+    det.set_params(warm_start=True, n_epochs=3).fit(digits[0])
+    assert len(det.loss_curve_) == 5 and det.loss_curve_[:2] == first
+    cold = tiny(n_epochs=3).fit(digits[0])
+    assert not np.array_equal(det.score_samples(digits[1]), cold.score_samples(digits[1]))
+
+
+def test_warm_start_refuses_another_image_shape(digits):
+    det = tiny(warm_start=True).fit(digits[0])
+    with pytest.raises(ValueError, match="warm_start continues a model fitted on images"):
+        det.fit(np.zeros((20, 9, 9), dtype=np.uint8))
+
+
+def test_a_resumed_run_ends_in_the_same_state_as_an_uninterrupted_one(
+    digits, tmp_path, monkeypatch
+):
+    uninterrupted = tiny(n_epochs=4).fit(digits[0])
+
+    path = tmp_path / "fit.ckpt"
+    calls = []
+    original = training_module.train_epoch
+
+    def crash_in_epoch_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "train_epoch", crash_in_epoch_three)
+    det = tiny(n_epochs=4, checkpoint_path=path, checkpoint_every=1)
+    with pytest.raises(RuntimeError, match="power cut"):
+        det.fit(digits[0])
+    assert path.exists() and not hasattr(det, "encoder_")
+    monkeypatch.setattr(training_module, "train_epoch", original)
+
+    epochs_run = []
+    monkeypatch.setattr(
+        training_module, "train_epoch",
+        lambda *a, **k: epochs_run.append(1) or original(*a, **k),
+    )  # fmt: skip
+    det.fit(digits[0])  # resumes after epoch 2
+    assert len(epochs_run) == 2
+    assert det.loss_curve_ == uninterrupted.loss_curve_
+    for key, value in uninterrupted.encoder_.state_dict().items():
+        assert torch.equal(det.encoder_.state_dict()[key], value), key
+    np.testing.assert_array_equal(
+        det.score_samples(digits[1]), uninterrupted.score_samples(digits[1])
+    )
+
+
+def test_a_checkpoint_of_another_fit_is_not_resumed(digits, tmp_path):
+    path = tmp_path / "fit.ckpt"
+    tiny(checkpoint_path=path).fit(digits[0])
+    with pytest.warns(UserWarning, match="belongs to another fit"):
+        det = tiny(checkpoint_path=path, random_state=1).fit(digits[0])
+    fresh = tiny(random_state=1).fit(digits[0])
+    np.testing.assert_array_equal(det.score_samples(digits[1]), fresh.score_samples(digits[1]))
+
+
+# Untrusted files
+
+
+@pytest.mark.parametrize("scorer", ["nnd", "lh"])
+def test_weights_only_save_and_load_round_trip(digits, tmp_path, scorer):
+    det = tiny(scorer=scorer).fit(digits[0])
+    det.save(tmp_path / "det.con2")
+    loaded = con2.load(tmp_path / "det.con2")
+    assert loaded.get_params()["scorer"].get_params() == det.scorer_.get_params()
+    np.testing.assert_array_equal(loaded.score_samples(digits[1]), det.score_samples(digits[1]))
+    np.testing.assert_array_equal(loaded.predict(digits[0]), det.predict(digits[0]))  # LOO kept
+
+
+def test_loading_a_file_with_a_pickle_payload_refuses_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.con2"
+    torch.save({"format": "con2-weights", "format_version": 1, "params": Payload()}, path)
+    with pytest.raises(ValueError, match="refuses"):
+        con2.load(path)
+    assert not marker.exists()
+
+
+def test_a_file_of_another_format_version_is_refused(digits, tmp_path):
+    path = tmp_path / "det.con2"
+    tiny().fit(digits[0]).save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="format version 99"):
+        con2.load(path)
+
+
+def test_user_written_components_are_not_saved_weights_only(digits, tmp_path):
+    class Rotate:
+        distinctive = True
+        aligned = True
+
+        def __call__(self, x):
+            return torch.rot90(x, 1, dims=(-2, -1))
+
+    det = tiny(context=Rotate()).fit(digits[0])
+    with pytest.raises(TypeError, match="joblib"):
+        det.save(tmp_path / "det.con2")
+
+
+# Determinism and threads
+
+
+def test_scores_are_bitwise_identical_across_processes(digits, tmp_path):
+    np.save(tmp_path / "train.npy", digits[0])
+    np.save(tmp_path / "test.npy", digits[1])
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from con2 import Con2Detector
+        det = Con2Detector(context="invert", base_width=4, n_epochs=2, batch_size=16,
+                           n_test_augmentations=4, device="cpu", random_state=0)
+        det.fit(np.load({str(tmp_path / "train.npy")!r}))
+        test = np.load({str(tmp_path / "test.npy")!r})
+        np.save({str(tmp_path / "scores.npy")!r}, det.score_samples(test))
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+    here = tiny().fit(digits[0]).score_samples(digits[1])
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), here)
+
+
+def _fit_and_score(train, test, seed):
+    """Fit and score with every warning raised as an error; report the threads used."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return tiny(random_state=seed).fit(train).score_samples(test), torch.get_num_threads()
+
+
+def test_parallel_fits_match_serial_ones_without_oversubscription_warnings(digits):
+    threads = torch.get_num_threads()
+    parallel = joblib.Parallel(n_jobs=2)(
+        joblib.delayed(_fit_and_score)(*digits, seed) for seed in (0, 1)
+    )
+    worker_threads = {n for _, n in parallel}
+    # loky gives each of the 2 workers cpu_count // 2 threads, so nothing is oversubscribed
+    assert worker_threads == {max(1, joblib.cpu_count() // 2)}
+    # float32 kernels split reductions over threads: compare at the workers' thread count
+    torch.set_num_threads(worker_threads.pop())
+    try:
+        serial = [_fit_and_score(*digits, seed)[0] for seed in (0, 1)]
+    finally:
+        torch.set_num_threads(threads)
+    for expected, (got, _) in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert torch.get_num_threads() == threads
