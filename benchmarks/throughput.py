@@ -187,6 +187,24 @@ def conventional_runner(device, width, batch_size, size, channels, n_steps, work
     return epoch
 
 
+def profile_step(device, width, batch_size, size, channels) -> dict:
+    """Milliseconds per part of one Con2 step, from ``torch.profiler`` ranges."""
+    con2_epoch, _ = con2_runners(device, width, batch_size, size, channels, n_steps=2)
+    con2_epoch()  # warm-up
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        con2_epoch()
+        sync(device)
+    parts = {}
+    for event in prof.key_averages():
+        if event.key.startswith("con2::"):
+            total = event.device_time_total if device.type == "cuda" else event.cpu_time_total
+            parts[event.key.removeprefix("con2::")] = total / 1000 / 2  # ms per step
+    return parts
+
+
 def peak_memory(fn, device):
     """Run fn; return (seconds, peak memory in MiB above the level before it)."""
     if device.type == "cuda":
@@ -267,6 +285,8 @@ def main(
     shape = (dev, width, batch_size, image_size, channels, n_steps)
     result = {"training": training_speed(*shape, repeats, workers)}
     print("training", json.dumps({k: v for k, v in result["training"].items() if k != "samples"}))
+    result["step_parts_ms"] = profile_step(dev, width, batch_size, image_size, channels)
+    print("step parts (ms)", json.dumps(result["step_parts_ms"]))
     result["scoring"] = scoring(dev, 8 * width, n_train, n_test, n_views)
     print("scoring", json.dumps(result["scoring"]))
     steps = 2048 * (6000 // batch_size)
@@ -329,6 +349,10 @@ def render_readme(r, name) -> None:
         f"| 2048 epochs x 6000 images, extrapolated | {r['full_budget_hours']['con2']:.1f} h "
         f"(backbone floor {r['full_budget_hours']['backbone floor']:.1f} h, conventional "
         f"{r['full_budget_hours']['conventional']:.1f} h) |",
+        "",
+        "Where one Con2 step's time goes (`torch.profiler` ranges, ms): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in r["step_parts_ms"].items())
+        + ".",
         "",
         f"Scoring {r['settings']['n_test']} images x {r['settings']['n_views']} views against "
         f"{r['settings']['n_train']} training images, embed_dim {8 * r['settings']['width']}, "

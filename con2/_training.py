@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from con2._input import to_float
@@ -75,12 +76,15 @@ def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tenso
     views, context_labels, instance_labels = batch
     if views.device.type == "cuda":
         views = views.contiguous(memory_format=torch.channels_last)
-    with _autocast(views.device):
+    with record_function("con2::forward"), _autocast(views.device):
         z_context, z_content = encoder(views)
-    loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    with record_function("con2::loss"):
+        loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha)
+    with record_function("con2::backward"):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    with record_function("con2::optimizer"):
+        optimizer.step()
     return loss.detach()
 
 
@@ -114,8 +118,9 @@ def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, alphas)
     total = torch.zeros((), device=device)
     for index in range(n_batches):
         batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size]
-        x = to_float(_fetch(plan.images, batch_indices, device))
-        batch = make_views(x, plan.contexts, plan.augment, plan.generator)
+        with record_function("con2::views"):  # gather, context, T, normalise
+            x = to_float(_fetch(plan.images, batch_indices, device))
+            batch = make_views(x, plan.contexts, plan.augment, plan.generator)
         total += train_step(encoder, loss_fn, optimizer, batch, next(alphas))
         scheduler.step()
     return total / n_batches
