@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
 from con2._input import TrainingIndex
 from con2._training import TestTimeViews
@@ -100,9 +101,9 @@ def load(path, device=None):
     params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
     spec = params["scorer"]
     params["scorer"] = SCORERS[spec["name"]](**spec["params"])
-    for key in ("image_shape", "value_range", "context"):
-        if isinstance(params[key], list):
-            params[key] = tuple(params[key]) if key != "context" else params[key]
+    for key in ("image_shape", "value_range"):  # JSON turned the tuples into lists
+        if params[key] is not None:
+            params[key] = tuple(params[key])
     detector = Con2Detector(**params)
     target = torch.device(device) if device is not None else torch.device(fitted["device_"])
     _restore(detector, payload, fitted, loadable_device(target))
@@ -116,7 +117,7 @@ def _restore(detector, payload, fitted, device) -> None:
         detector.backbone, detector.base_width, image_shape, 0, context_head=bool(contexts)
     )
     encoder.load_state_dict(payload["encoder"])
-    scorer = detector.scorer
+    scorer = clone(detector.scorer)  # the parameter itself stays unfitted
     for name, tensor in payload["scorer"].items():
         setattr(scorer, name, tensor.to(device))
     params = AugmentParams(**payload["views"])

@@ -238,3 +238,9 @@ def test_parallel_fits_match_serial_ones_without_oversubscription_warnings(digit
     for expected, (got, _) in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(got, expected)
     assert torch.get_num_threads() == threads
+
+
+def test_loaded_detector_keeps_its_scorer_parameter_unfitted(digits, tmp_path):
+    tiny().fit(digits[0]).save(tmp_path / "det.con2")
+    loaded = con2.load(tmp_path / "det.con2")
+    assert loaded.scorer_ is not loaded.scorer and not hasattr(loaded.scorer, "bank_")
