@@ -90,7 +90,12 @@ def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tenso
 
 @dataclass
 class EpochPlan:
-    """What one epoch needs besides the model: data, views and schedule."""
+    """What one epoch needs besides the model and the optimiser.
+
+    The training images (on the device, or in host memory when they do not fit), the
+    contexts, the augmentation family, images per step, and the generator that drives
+    every random draw (its device is where the step runs).
+    """
 
     images: Tensor
     contexts: tuple
