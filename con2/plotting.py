@@ -101,7 +101,7 @@ def plot_embeddings(detector, X_train, X_normal, X_anomalous, *, max_points=150,
         ax.scatter(
             *b.T, s=14, color=colours[1], edgecolor="black", lw=0.4, label=f"{title}, context 1"
         )
-        ax.set_title(f"{title} images (lines join an image's two contexts)")
+        ax.set_title(f"{title} images; lines join each image's two contexts", fontsize=9)
         ax.set_xlabel("PC 1")
         ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("PC 2")
@@ -157,4 +157,5 @@ def plot_loss_curve(detector, *, ax=None):
     ax.plot(epochs, detector.loss_curve_, marker="o", ms=3)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean loss (context + alpha * content)")
+    ax.set_title("training loss; it rises while alpha grows from 0", fontsize=9)
     return ax

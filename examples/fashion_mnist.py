@@ -50,13 +50,13 @@ test_normal, test_anomalous = X_test[y_test == args.normal], X_test[y_test != ar
 
 axes = plot_embeddings(det, normal, test_normal, test_anomalous, max_points=120)
 axes[0].figure.suptitle(f"Con2 (vflip) on Fashion-MNIST {FASHION_MNIST_CLASSES[args.normal]}")
-axes[0].figure.savefig(out / "fashion_mnist_embeddings.png", dpi=80, bbox_inches="tight")
+axes[0].figure.savefig(out / "fashion_mnist_embeddings.png", dpi=70, bbox_inches="tight")
 
 ax = plot_score_histogram(det, test_normal, test_anomalous)
 ax.set_title(f"AUROC {auroc:.3f}")
-ax.figure.savefig(out / "fashion_mnist_scores.png", dpi=80, bbox_inches="tight")
+ax.figure.savefig(out / "fashion_mnist_scores.png", dpi=70, bbox_inches="tight")
 
 ax = plot_loss_curve(det)
-ax.figure.savefig(out / "fashion_mnist_loss.png", dpi=80, bbox_inches="tight")
+ax.figure.savefig(out / "fashion_mnist_loss.png", dpi=70, bbox_inches="tight")
 plt.close("all")
 print(f"figures in {out}")

@@ -49,7 +49,7 @@ search = GridSearchCV(
 )
 search.fit(X_all, labels)
 
-results = pd.DataFrame(search.cv_results_)[["param_con2__context", "param_con2__scorer",
-                                            "mean_test_score", "mean_fit_time"]]  # fmt: skip
+columns = ["param_con2__context", "param_con2__scorer", "mean_test_score", "mean_fit_time"]
+results = pd.DataFrame(search.cv_results_)[columns].astype({"param_con2__context": str})
 print(results.sort_values("mean_test_score", ascending=False).to_string(index=False))
 print("best:", search.best_params_, f"AUROC {search.best_score_:.3f}")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,15 +24,38 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert install_and_test in ci_lines
 
 
+def run_example(name, *args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), "--fast", *args],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+
+
 def test_quickstart_runs_top_to_bottom_in_its_fast_setting():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--fast"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    assert "AUROC" in result.stdout and "IsolationForest" in result.stdout
+    out = run_example("quickstart.py")
+    assert "AUROC" in out and "IsolationForest" in out
+
+
+def test_grid_search_example_ranks_all_six_settings():
+    out = run_example("pipeline_gridsearch.py")
+    assert len([line for line in out.splitlines() if " nnd " in line or " lh " in line]) == 6
+    assert "best:" in out
+
+
+def test_custom_context_example_checks_and_trains():
+    out = run_example("custom_context.py")
+    assert "Rotate90() on" in out and "FAILS" in out and "AUROC" in out
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(),
+    reason="needs the Fashion-MNIST IDX files (apt-get install -y dataset-fashion-mnist)",
+)
+def test_fashion_mnist_example_saves_its_figures(tmp_path):
+    out = run_example("fashion_mnist.py", "--out", str(tmp_path))
+    assert "AUROC" in out
+    for name in ("embeddings", "scores", "loss"):
+        assert (tmp_path / f"fashion_mnist_{name}.png").stat().st_size > 5000
 
 
 def test_readme_examples_print_what_the_readme_says():
