@@ -185,10 +185,14 @@ def table(results) -> str:
              for c, s in methods] + list(BASELINES)  # fmt: skip
     lines = ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     columns = {name: [] for name in names}
+    spreads = {name: [] for name in names}
     for cls in sorted({r["class"] for r in rows}):
         mine = [r for r in rows if r["class"] == cls]
-        values = [np.mean([r[c][s] for r in mine]) for c, s in methods]
-        values += [np.mean([r[b] for r in mine]) for b in BASELINES]
+        per_seed = [[r[c][s] for r in mine] for c, s in methods]
+        per_seed += [[r[b] for r in mine] for b in BASELINES]
+        values = [np.mean(v) for v in per_seed]
+        for name, v in zip(names, per_seed, strict=True):
+            spreads[name].append(np.std(v, ddof=1) if len(v) > 1 else np.nan)
         for name, value in zip(names, values, strict=True):
             columns[name].append(value)
         best = max(values)
@@ -196,6 +200,10 @@ def table(results) -> str:
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
     means = [np.mean(columns[name]) for name in names]
     lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    if len({r["seed"] for r in rows}) > 1:
+        stds = [np.mean(spreads[name]) for name in names]
+        lines.append("| std over seeds (mean over classes) | "
+                     + " | ".join(f"{100 * s:.1f}" for s in stds) + " |")  # fmt: skip
     return "\n".join(lines)
 
 

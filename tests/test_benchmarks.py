@@ -1,0 +1,82 @@
+"""The benchmark scripts run end to end at toy sizes and write what their READMEs show."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_datasets import write_idx
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmarks(monkeypatch, tmp_path):
+    """Import the scripts with their README pointed at a scratch copy."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import oneclass
+    import throughput
+
+    readme = tmp_path / "bench"
+    readme.mkdir()
+    (readme / "README.md").write_text(
+        "before\n<!-- oneclass-toy -->\nstale table\n<!-- oneclass-toy -->\nafter\n"
+    )
+    for module in (oneclass, throughput):
+        monkeypatch.setattr(module, "ROOT", readme)
+    return oneclass, throughput, readme / "README.md"
+
+
+def toy_fashion_mnist(folder, rng):
+    """Two classes of 28x28 images that differ in brightness, in IDX files."""
+    for prefix, n in (("train", 24), ("t10k", 16)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 120, (n, 28, 28)) + 120 * labels[:, None, None]
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+
+
+def test_oneclass_runs_every_configuration_and_renders_its_table(benchmarks, tmp_path, monkeypatch):
+    oneclass, _, readme = benchmarks
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    tiny = dict(base_width=2, n_epochs=1, batch_size=8, n_test_augmentations=2)
+    monkeypatch.setitem(oneclass.PRESETS, "toy", tiny)
+    monkeypatch.setitem(oneclass.PRESET_N_TRAIN, "toy", None)
+    out = tmp_path / "oneclass-toy.json"
+    results = oneclass.main(
+        preset="toy", classes=(0, 1), seeds=(0, 1), contexts=("vflip", None),
+        data=str(tmp_path), out=str(out), write_readme=True,
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert [(r["class"], r["seed"]) for r in results["rows"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for row in results["rows"]:
+        assert row["n_train"] == 12
+        for method in ("vflip", "None"):
+            assert 0.0 <= row[method]["nnd"] <= 1.0 and 0.0 <= row[method]["lh"] <= 1.0
+        for baseline in oneclass.BASELINES:
+            assert 0.0 <= row[baseline] <= 1.0
+        assert set(row["checks"]) == {"vflip"}
+    assert "--preset toy --classes 0 1 --seeds 0 1" in results["command"]
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- oneclass-toy -->\nRun ") and text.endswith("after\n")
+    assert "stale table" not in text and results["command"] in text
+    assert "| vflip nnd | vflip lh | SimCLR nnd | SSD-like lh | IsolationForest |" in text
+    mean = np.mean([r["vflip"]["lh"] for r in results["rows"]])
+    assert "| **mean** | " in text and f"{100 * mean:.1f}" in text
+    assert "| std over seeds (mean over classes) |" in text
+
+
+def test_throughput_measures_all_four_parts_as_ratios(benchmarks, tmp_path):
+    _, throughput, _ = benchmarks
+    result = throughput.main(
+        device="cpu", width=2, batch_size=8, image_size=12, n_steps=1, repeats=1, workers=0,
+        n_test=30, n_train=20, n_views=2, out=str(tmp_path / "t.json"),
+    )  # fmt: skip
+    training = result["training"]
+    for key in ("con2_step_s", "backbone_step_s", "conventional_step_s"):
+        assert training[key] > 0
+    assert set(result["step_parts_ms"]) >= {"views", "forward", "loss", "backward", "optimizer"}
+    assert result["full_budget_hours"]["con2"] > 0
+    assert result["scoring"]["max |con2 nnd - sklearn|"] < 1e-5
+    assert result["scoring"]["con2 lh (fit + score)"]["seconds"] > 0
+    assert json.loads((tmp_path / "t.json").read_text())["settings"]["width"] == 2
