@@ -230,6 +230,7 @@ def test_dataframe_rows_with_image_shape(fitted):
     assert det.score_samples(frame).shape == (5,)
 
 
+@pytest.mark.filterwarnings("ignore:Context check failed")
 def test_bool_images_are_black_and_white():
     det = tiny().fit(GOOD > 0.25)
     np.testing.assert_array_equal(

@@ -36,6 +36,7 @@ def toy_fashion_mnist(folder, rng):
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
 
 
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")  # LOF on 12 images
 def test_oneclass_runs_every_configuration_and_renders_its_table(benchmarks, tmp_path, monkeypatch):
     oneclass, _, readme = benchmarks
     toy_fashion_mnist(tmp_path, np.random.default_rng(0))
