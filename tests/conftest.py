@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import TINY
 
 
 @pytest.fixture
@@ -18,19 +19,8 @@ def upright_images():
 
 @pytest.fixture
 def tiny():
-    """Constructor arguments for a detector that fits in well under a second on a CPU.
-
-    The context is "invert": "vflip" is not distinctive on the digit 0 (check_context
-    measures 0.74) and would warn in every test.
-    """
-    return dict(
-        context="invert",
-        base_width=4,
-        n_epochs=2,
-        batch_size=16,
-        n_test_augmentations=4,
-        device="cpu",
-    )
+    """Constructor arguments of the tiny detector (``helpers.TINY``), a fresh copy."""
+    return dict(TINY)
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import scipy.sparse
 import torch
+from helpers import tiny_detector
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
-from con2 import Con2Detector, check_context
+from con2 import check_context
 from con2._input import as_images
 from con2.contexts import VerticalFlip
 
@@ -25,21 +26,12 @@ GOOD = RNG.random((20, 8, 8)) * 0.5  # 20 dark 8x8 images: "invert" is distincti
 @pytest.fixture(scope="module")
 def fitted():
     """A detector fitted on GOOD. Read-only."""
-    return Con2Detector(
-        context="invert",
-        base_width=4,
-        n_epochs=1,
-        batch_size=8,
-        n_test_augmentations=2,
-        device="cpu",
-        random_state=0,
-    ).fit(GOOD)
+    return tiny().fit(GOOD)
 
 
 def tiny(**params):
-    base = dict(context="invert", base_width=4, n_epochs=1, batch_size=8,
-                n_test_augmentations=2, device="cpu", random_state=0)  # fmt: skip
-    return Con2Detector(**{**base, **params})
+    """The tiny detector, sized for the 20 images of GOOD."""
+    return tiny_detector(**{"n_epochs": 1, "batch_size": 8, "n_test_augmentations": 2, **params})
 
 
 def with_nan():

@@ -7,6 +7,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_detector
 
 import con2._detector as detector_module
 from con2 import Con2Detector
@@ -18,15 +19,7 @@ from con2.datasets import load_digits_images
 def fitted():
     """A fitted detector and test images. Read-only: tests must not refit it."""
     X, y = load_digits_images()
-    det = Con2Detector(
-        context="invert",
-        base_width=4,
-        n_epochs=2,
-        batch_size=16,
-        n_test_augmentations=4,
-        device="cpu",
-        random_state=0,
-    ).fit(X[y == 0])
+    det = tiny_detector().fit(X[y == 0])
     return det, X[y != 0][:50]
 
 
@@ -53,16 +46,7 @@ def all_tensors(obj, seen=None):
 @pytest.mark.parametrize("scorer", ["nnd", "lh"])
 def test_joblib_round_trip_scores_identically_in_a_fresh_process(tmp_path, scorer):
     X, y = load_digits_images()
-    det = Con2Detector(
-        context="invert",
-        scorer=scorer,
-        base_width=4,
-        n_epochs=1,
-        batch_size=16,
-        n_test_augmentations=4,
-        device="cpu",
-        random_state=0,
-    ).fit(X[y == 0])
+    det = tiny_detector(n_epochs=1, scorer=scorer).fit(X[y == 0])
     test = X[:40]
     np.save(tmp_path / "test.npy", test)
     joblib.dump(det, tmp_path / "det.joblib")
@@ -133,14 +117,7 @@ def test_loading_a_cuda_model_on_a_cpu_machine_falls_back_with_a_warning(fitted)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
 def test_cuda_fit_pickles_cpu_tensors_only():
     X, y = load_digits_images()
-    det = Con2Detector(
-        base_width=4,
-        n_epochs=1,
-        batch_size=16,
-        n_test_augmentations=4,
-        device="cuda",
-        random_state=0,
-    ).fit(X[y == 0])
+    det = tiny_detector(n_epochs=1, device="cuda").fit(X[y == 0])
     state = det.__getstate__()
     assert all(t.device.type == "cpu" for t in all_tensors(state))
     assert det.encoder_.backbone.conv1.weight.device.type == "cuda"

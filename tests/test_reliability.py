@@ -10,11 +10,11 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_detector as tiny
 
 import con2
 import con2._detector as detector_module
 import con2._training as training_module
-from con2 import Con2Detector
 from con2.datasets import load_digits_images
 
 
@@ -22,12 +22,6 @@ from con2.datasets import load_digits_images
 def digits():
     X, y = load_digits_images()
     return X[y == 0][:100], X[y != 0][:60]
-
-
-def tiny(**params):
-    base = dict(context="invert", base_width=4, n_epochs=2, batch_size=16,
-                n_test_augmentations=4, device="cpu", random_state=0)  # fmt: skip
-    return Con2Detector(**{**base, **params})
 
 
 # Faults during training
