@@ -260,7 +260,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     def fit_predict(self, X, y=None):
         """Fit on ``X`` and label each training image; same as ``fit(X).predict(X)``.
 
-        Reuses the leave-one-out training scores computed during ``fit``.
+        Reuses the training scores computed during ``fit`` (leave-one-out for ``"nnd"``).
 
         Parameters
         ----------
@@ -289,8 +289,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,), float64
             Mean over test-time views of the cosine similarity to the nearest training
-            image (``"nnd"``) or of the Gaussian log-density (``"lh"``). A training image
-            is scored leave-one-out.
+            image (``"nnd"``) or of the Gaussian log-density (``"lh"``). With ``"nnd"``,
+            a training image is scored leave-one-out (not as its own nearest neighbour).
         """
         check_is_fitted(self)
         return self._score(validate_images(self, X, reset=False))
@@ -364,7 +364,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         seed = (derive_seed(self.random_state) + len(previous)) % np.iinfo(np.int32).max
         generator = make_generator(seed, device)
         if warm:
-            encoder = copy.deepcopy(self.encoder_).cpu()  # the fitted one stays untouched
+            encoder = copy.deepcopy(self.encoder_)  # the fitted one stays untouched
         else:
             encoder = build_encoder(
                 self.backbone, self.base_width, image_shape, seed, bool(contexts)
@@ -379,9 +379,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
         encoder = encoder.to(device, memory_format=memory_format)
         with fast_math(device):
-            checkpoint = checkpoint_for(self, images)
-            progress = progress_reporter(self.n_epochs, self.verbose)
-            losses = fit_encoder(encoder, plan, self._schedule(warm), checkpoint, progress)
+            checkpoint = checkpoint_for(self, images, device, self.encoder_ if warm else None)
+            with progress_reporter(self.n_epochs, self.verbose) as progress:
+                losses = fit_encoder(encoder, plan, self._schedule(warm), checkpoint, progress)
             views = make_test_time_views(
                 self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
             )
@@ -480,7 +480,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         return 32 if device.type == "cpu" else 4 * self.batch_size
 
     def _embed_dim(self) -> int:
-        return self.encoder_.head_content.net[0].in_features
+        return self.encoder_.backbone.embed_dim
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -26,7 +26,7 @@ from sklearn.base import clone
 
 from con2._input import TrainingIndex
 from con2._training import TestTimeViews
-from con2._utils import loadable_device
+from con2._utils import loadable_device, resolve_device
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts
 from con2.networks import build_encoder
@@ -42,6 +42,13 @@ def save(detector, path) -> None:
     from con2 import __version__
 
     _check_builtin(detector)
+    if isinstance(detector.random_state, np.random.RandomState):
+        warnings.warn(
+            "random_state is a RandomState instance, which save() cannot store; the loaded "
+            "detector has random_state=None (this only matters if it is fitted again).",
+            UserWarning,
+            stacklevel=3,
+        )
     params = {k: _plain(k, v) for k, v in detector.get_params(deep=False).items()}
     scorer = detector.scorer_
     params["scorer"] = {"name": _name(SCORERS, scorer), "params": scorer.get_params()}
@@ -72,8 +79,10 @@ def load(path, device=None):
     path : str or path-like
         The file.
     device : str, default=None
-        Where to run the detector; None means the device it was fitted on, or the CPU
-        (with a warning) when that device is missing here.
+        Where to run the detector, as the ``device`` parameter of ``Con2Detector``
+        (``"auto"``, ``"cpu"``, ``"cuda"``; an unavailable CUDA device is an error). None
+        means the device it was fitted on, or the CPU (with a warning) when that device
+        is missing here.
 
     Returns
     -------
@@ -105,8 +114,11 @@ def load(path, device=None):
         if params[key] is not None:
             params[key] = tuple(params[key])
     detector = Con2Detector(**params)
-    target = torch.device(device) if device is not None else torch.device(fitted["device_"])
-    _restore(detector, payload, fitted, loadable_device(target))
+    if device is None:
+        target = loadable_device(torch.device(fitted["device_"]))
+    else:
+        target = resolve_device(device)
+    _restore(detector, payload, fitted, target)
     return detector
 
 
@@ -159,20 +171,12 @@ def _name(registry: dict, obj):
 
 def _plain(key, value):
     """Return a JSON-ready version of a parameter or fitted value."""
-    if isinstance(value, tuple):
-        return [_plain(key, v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, tuple | list):
         return [_plain(key, v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.random.RandomState):
-        warnings.warn(
-            "random_state is a RandomState instance, which save() cannot store; the loaded "
-            "detector has random_state=None (this only matters if it is fitted again).",
-            UserWarning,
-            stacklevel=4,
-        )
-        return None
+        return None  # save() warns
     name = _name(CONTEXTS, value)
     if name is not None:
         return name
@@ -231,7 +235,7 @@ class Checkpoint:
                 f"Checkpoint {self.path} belongs to another fit (other data or settings); "
                 "training starts afresh and will overwrite it.",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
             return None
         return state
@@ -243,11 +247,13 @@ class Checkpoint:
         os.replace(temporary, self.path)
 
 
-def checkpoint_for(detector, images):
+def checkpoint_for(detector, images, device, start=None):
     """Return the checkpoint of a fit (None without ``checkpoint_path``).
 
-    Its fingerprint covers the training images and every setting that changes the
-    training trajectory, so a checkpoint is only resumed by the fit that wrote it.
+    Its fingerprint covers the training images (values and shape), the device type,
+    every setting that changes the training trajectory and, for a warm start, the
+    weights the fit starts from (``start``), so a checkpoint is only resumed by the fit
+    that wrote it.
     """
     if detector.checkpoint_path is None:
         return None
@@ -257,5 +263,10 @@ def checkpoint_for(detector, images):
     )  # fmt: skip
     params = detector.get_params()
     digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=16)
+    digest.update(repr((tuple(images.shape), device.type)).encode())
     digest.update(repr({k: params[k] for k in keys}).encode())
+    if start is not None:
+        for name, tensor in start.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return Checkpoint(detector.checkpoint_path, detector.checkpoint_every, digest.hexdigest())

@@ -163,16 +163,22 @@ class TestTimeViews:
     def __len__(self) -> int:
         return len(self.params)
 
+    def to(self, device: torch.device) -> TestTimeViews:
+        """Return the same views with their tensors on ``device``."""
+        params = self.params.map(lambda t: t.to(device))
+        return TestTimeViews(self.contexts, self.augment, params, self.view_contexts.to(device))
+
     def apply(self, x: Tensor) -> Tensor:
         """All views of ``x`` (floats in [0, 1], shape (batch_size, C, H, W)), normalised.
 
-        Returns a tensor of shape (n_views * batch_size, C, H, W), view-major.
+        The views' tensors must be on ``x``'s device (see :meth:`to`). Returns a tensor of
+        shape (n_views * batch_size, C, H, W), view-major.
         """
         batch_size = x.shape[0]
         stacked = context_images(x, self.contexts)  # ((n_contexts + 1) * batch_size, ...)
         images = stacked.view(len(self.contexts) + 1, batch_size, *x.shape[1:])
-        views = images[self.view_contexts.to(x.device)].flatten(0, 1)
-        params = self.params.map(lambda t: t.to(x.device).repeat_interleave(batch_size, dim=0))
+        views = images[self.view_contexts].flatten(0, 1)
+        params = self.params.map(lambda t: t.repeat_interleave(batch_size, dim=0))
         return normalize(self.augment.apply(views, params))
 
 
@@ -216,6 +222,7 @@ def embed_views(
     Tensor of shape (n_views, n_samples, embed_dim), float32, on ``device``.
     """
     n_views = 1 if views is None else len(views)
+    views = None if views is None else views.to(device)  # once, not per chunk
     per_chunk = max(1, forward_size // n_views)
     chunks = []
     encoder.eval()
@@ -354,8 +361,12 @@ def place_images(images: Tensor, device: torch.device) -> Tensor:
     return images
 
 
+@contextlib.contextmanager
 def progress_reporter(n_epochs: int, verbose: int):
-    """Return a per-epoch callback: a tqdm bar (verbose >= 1), lines (verbose >= 2)."""
+    """Yield a per-epoch callback: a tqdm bar (verbose >= 1), lines (verbose >= 2).
+
+    The bar is closed on leaving the block, also after an error or an interrupt.
+    """
     bar = tqdm(total=n_epochs, desc="Con2 fit", unit="epoch", disable=not verbose)
 
     def report(epoch, loss):
@@ -363,7 +374,8 @@ def progress_reporter(n_epochs: int, verbose: int):
         bar.set_postfix(loss=f"{loss:.4f}")
         if verbose >= 2:
             bar.write(f"epoch {epoch + 1}/{n_epochs}: loss {loss:.4f}", file=sys.stderr)
-        if epoch + 1 == n_epochs:
-            bar.close()
 
-    return report
+    try:
+        yield report
+    finally:
+        bar.close()

@@ -266,7 +266,8 @@ def _hue(x: Tensor, shift: Tensor) -> Tensor:
     hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
     hue = (hue + shift) % 1.0
     # HSV -> RGB: each channel is v - v*s*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6.
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    # n = (5, 3, 1), made on the device: torch.tensor([...]) would copy from the host.
+    n = torch.arange(5.0, 0.0, -2.0, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     k = (n + hue * 6.0) % 6.0
     return value - value * saturation * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 

@@ -135,7 +135,7 @@ class HistogramEqualize:
     """
 
     distinctive: ClassVar[bool] = True
-    aligned: ClassVar[bool] = True
+    aligned: ClassVar[bool] = False  # measured 0.49 to 0.89 on Fashion-MNIST classes
 
     def __call__(self, x: Tensor) -> Tensor:
         """Equalize ``x`` of shape (batch_size, n_channels, height, width)."""
@@ -317,9 +317,10 @@ def warn_if_unsuitable(images: Tensor, contexts: tuple, max_samples: int) -> Non
     """
     if not contexts or images.shape[0] < 3:
         return
-    reports = check_context(
-        images, list(contexts), max_samples=max_samples, image_shape=images.shape[1:]
-    )
+    if images.shape[0] > max_samples:  # the subset check_context would draw, taken first
+        rng = check_random_state(0)
+        images = images[np.sort(rng.choice(images.shape[0], max_samples, replace=False))]
+    reports = check_context(images, list(contexts), image_shape=images.shape[1:])
     for report in reports:
         if not report.passed:
             warnings.warn(

@@ -121,6 +121,8 @@ class NearestNeighborScorer(BaseEstimator):
         bank_rows = max(1, min(n_bank, budget // (4 * dim)))
         query_rows = max(1, (budget - bank_rows * dim) // (bank_rows + dim))
         scores = torch.zeros(n_queries, dtype=torch.float64, device=embeddings.device)
+        if exclude is not None:
+            exclude = exclude.to(embeddings.device)  # once, not per chunk
         for view in range(n_views):
             for q0 in range(0, n_queries, query_rows):
                 queries = embeddings[view, q0 : q0 + query_rows].double()
@@ -135,7 +137,7 @@ class NearestNeighborScorer(BaseEstimator):
             bank = self.bank_[view, start : start + bank_rows].to(queries.device, torch.float64)
             sims = queries @ bank.T  # (n_queries, bank_rows)
             if exclude is not None:
-                _mask_excluded(sims, exclude.to(queries.device), start, start + len(bank))
+                _mask_excluded(sims, exclude, start, start + len(bank))
             best = torch.maximum(best, sims.amax(dim=1))
         return best
 

@@ -15,6 +15,7 @@ from helpers import tiny_detector as tiny
 import con2
 import con2._detector as detector_module
 import con2._training as training_module
+from con2._utils import resolve_device
 from con2.datasets import load_digits_images
 
 
@@ -136,6 +137,28 @@ def test_a_checkpoint_of_another_fit_is_not_resumed(digits, tmp_path):
     np.testing.assert_array_equal(det.score_samples(digits[1]), fresh.score_samples(digits[1]))
 
 
+def test_a_warm_start_with_a_checkpoint_trains_on(digits, tmp_path):
+    """The warm fit must not resume the cold fit's finished checkpoint (and train nothing)."""
+    path = tmp_path / "fit.ckpt"
+    det = tiny(warm_start=True, checkpoint_path=path).fit(digits[0])
+    with pytest.warns(UserWarning, match="belongs to another fit"):
+        det.fit(digits[0])  # and replaces the cold fit's checkpoint
+    reference = tiny(warm_start=True).fit(digits[0])
+    reference.fit(digits[0])
+    assert len(det.loss_curve_) == 4 and det.loss_curve_ == reference.loss_curve_
+    np.testing.assert_array_equal(det.score_samples(digits[1]), reference.score_samples(digits[1]))
+
+
+def test_a_checkpoint_of_the_same_pixels_in_another_shape_is_not_resumed(digits, tmp_path):
+    path = tmp_path / "fit.ckpt"
+    rows = digits[0].reshape(len(digits[0]), -1)
+    tiny(image_shape=(1, 8, 8), checkpoint_path=path).fit(rows)
+    with pytest.warns(UserWarning, match="belongs to another fit"):
+        det = tiny(image_shape=(1, 4, 16), checkpoint_path=path).fit(rows)
+    fresh = tiny(image_shape=(1, 4, 16)).fit(rows)
+    assert det.loss_curve_ == fresh.loss_curve_
+
+
 # Untrusted files
 
 
@@ -147,6 +170,13 @@ def test_weights_only_save_and_load_round_trip(digits, tmp_path, scorer):
     assert loaded.get_params()["scorer"].get_params() == det.scorer_.get_params()
     np.testing.assert_array_equal(loaded.score_samples(digits[1]), det.score_samples(digits[1]))
     np.testing.assert_array_equal(loaded.predict(digits[0]), det.predict(digits[0]))  # LOO kept
+
+
+def test_load_takes_the_device_parameter_of_the_estimator(digits, tmp_path):
+    tiny(n_epochs=1).fit(digits[0]).save(tmp_path / "det.con2")
+    assert con2.load(tmp_path / "det.con2", device="auto").device_ == resolve_device("auto")
+    with pytest.raises(ValueError, match="device must be"):
+        con2.load(tmp_path / "det.con2", device="tpu")
 
 
 def test_loading_a_file_with_a_pickle_payload_refuses_without_running_it(tmp_path):
