@@ -100,6 +100,7 @@ def main(
     settings = dict(PRESETS[preset])
     if n_train == "preset":
         n_train = PRESET_N_TRAIN[preset]
+    started = time.perf_counter()
     X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
     pixels_test = X_test.reshape(len(X_test), -1) / 255.0
     rows = []
@@ -130,6 +131,7 @@ def main(
         "n_train": n_train,
         "command": command_line(preset, classes, seeds, contexts, n_train, out),
         "rows": rows,
+        "wall_seconds": time.perf_counter() - started,
     }
     out_path = Path(out) if out else ROOT / "results" / f"oneclass-{preset}.json"
     results["name"] = out_path.stem
@@ -216,17 +218,14 @@ def check_table(results) -> str:
     for cls in sorted({r["class"] for r in rows}):
         checks = next(r for r in rows if r["class"] == cls)["checks"]
         cells = " | ".join(
-            f"{checks[n]['distinctiveness']:.2f} | {checks[n]['alignment']:.2f}" for n in names
+            f"{checks[n]['distinctiveness']:.3f} | {checks[n]['alignment']:.3f}" for n in names
         )
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | {cells} |")
     return "\n".join(lines)
 
 
 def render_readme(results) -> None:
-    readme = ROOT / "README.md"
-    marker = f"<!-- {results['name']} -->"
-    block = "\n".join([
-        marker,
+    body = "\n".join([
         f"Run {results['date']} on {results['hardware']}; preset `{results['preset']}` "
         f"({', '.join(f'{k}={v}' for k, v in results['settings'].items())}); "
         f"seeds {sorted({r['seed'] for r in results['rows']})}; "
@@ -238,11 +237,18 @@ def render_readme(results) -> None:
         table(results),
         "",
         "`check_context` on each class's training images (distinctiveness: 0.5 = invisible, "
-        "1 = always told apart; alignment: rank correlation of distances):",
+        "1 = always told apart; alignment: rank correlation of distances; a context passes "
+        "at 0.75 and 0.7):",
         "",
         check_table(results),
-        marker,
     ])  # fmt: skip
+    render_block(ROOT / "README.md", results["name"], body)
+
+
+def render_block(readme: Path, name: str, body: str) -> None:
+    """Put ``body`` between the ``<!-- name -->`` markers of ``readme`` (or append it)."""
+    marker = f"<!-- {name} -->"
+    block = f"{marker}\n{body}\n{marker}"
     text = readme.read_text() if readme.exists() else ""
     if marker in text:
         before, _, rest = text.partition(marker)

@@ -81,3 +81,42 @@ def test_throughput_measures_all_four_parts_as_ratios(benchmarks, tmp_path):
     assert result["scoring"]["max |con2 nnd - sklearn|"] < 1e-5
     assert result["scoring"]["con2 lh (fit + score)"]["seconds"] > 0
     assert json.loads((tmp_path / "t.json").read_text())["settings"]["width"] == 2
+
+
+def test_cost_separates_epochs_from_the_fixed_cost_of_a_fit(benchmarks, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cost
+
+    monkeypatch.setattr(cost, "SETTINGS", {"toy": dict(base_width=2, n_test_augmentations=2)})
+    out = tmp_path / "cost.json"
+    results = cost.main(n_train=32, n_epochs=1, n_score=8, device="cpu", out=str(out))
+    row = results["rows"]["toy"]
+    assert row["seconds_per_1000_scored"] > 0
+    assert set(row) >= {"seconds_per_epoch_6000", "hours_2048_epochs_6000",
+                        "fixed_seconds_per_1000_train"}  # fmt: skip
+    assert row["settings"] == {"base_width": 2, "batch_size": 256, "n_test_augmentations": 2}
+    assert json.loads(out.read_text())["command"].startswith("python benchmarks/cost.py")
+
+
+def test_sweep_trains_a_shared_setting_once_and_renders_both_tables(
+    benchmarks, tmp_path, monkeypatch
+):
+    oneclass, _, readme = benchmarks
+    import sweep
+
+    monkeypatch.setattr(sweep, "ROOT", readme.parent)
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    monkeypatch.setitem(oneclass.PRESETS, "toy", dict(base_width=2, n_epochs=1, batch_size=8,
+                                                      n_test_augmentations=2))  # fmt: skip
+    monkeypatch.setitem(oneclass.PRESET_N_TRAIN, "toy", None)
+    sweeps = {"temperature": (0.2, 0.5), "n_test_augmentations": (2, 4)}
+    monkeypatch.setattr(sweep, "SWEEPS", sweeps)
+    fits = []
+    monkeypatch.setattr(sweep, "run_con2", lambda *a: fits.append(a[4]) or oneclass.run_con2(*a))
+    results = sweep.main(preset="toy", classes=(1,), data=str(tmp_path),
+                         out=str(tmp_path / "s.json"), write_readme=True)  # fmt: skip
+    assert len(results["rows"]) == 4 and len(fits) == 3  # (0.2, 2 views) is trained once
+    text = readme.read_text()
+    assert "| class | temperature=0.2 | temperature=0.5 |" in text
+    assert "| class | n_test_augmentations=2 | n_test_augmentations=4 |" in text
+    assert results["command"] in text
