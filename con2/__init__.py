@@ -3,8 +3,8 @@
 >>> from con2 import Con2Detector, check_context
 """
 
-from con2._detector import Con2Detector
-from con2._persistence import load
+from con2._detector import Con2Detector, load
+from con2._version import __version__
 from con2.contexts import (
     CONTEXTS,
     ColorInvert,
@@ -14,8 +14,6 @@ from con2.contexts import (
     check_context,
 )
 from con2.scorers import SCORERS, GaussianScorer, NearestNeighborScorer, Scorer
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "CONTEXTS",

@@ -15,12 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from con2 import _persistence
 from con2._compat import HasMethods, Interval, StrOptions, _fit_context
-from con2._input import TrainingIndex, validate_images
+from con2._input import TrainingIndex, scoring_batches, training_images
 from con2._persistence import checkpoint_for
 from con2._training import (
     EpochPlan,
     Schedule,
     embed_views,
+    embedding_buffer,
     fast_math,
     fit_encoder,
     make_test_time_views,
@@ -118,6 +119,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         (with a warning).
     checkpoint_every : int, default=10
         Epochs between checkpoints.
+    cache_dir : str or path-like, default=None
+        Where to put, in a new folder removed when ``fit`` ends, the decoded training
+        images when ``X`` names image files, and the training embeddings when the
+        training images live on disk (files, ``numpy.memmap``), so that data larger
+        than memory can be trained on. None: the system's temporary folder.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, augmentations and batch order. Torch's global
         random state is never touched.
@@ -139,7 +145,10 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     loss_curve_ : list of float
         Mean training loss of each epoch.
     image_shape_ : tuple of int
-        ``(n_channels, height, width)`` of the training images.
+        ``(n_channels, height, width)`` of the training images; image files are resized
+        to it when scored.
+    n_samples_fit_ : int
+        Number of training images.
     n_features_in_ : int
         Pixel values per image, ``prod(image_shape_)``.
     device_ : torch.device
@@ -185,6 +194,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "checkpoint_path": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "cache_dir": [str, os.PathLike, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -211,6 +221,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         warm_start=False,
         checkpoint_path=None,
         checkpoint_every=10,
+        cache_dir=None,
         random_state=None,
         verbose=0,
     ):
@@ -233,6 +244,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
+        self.cache_dir = cache_dir
         self.random_state = random_state
         self.verbose = verbose
 
@@ -244,8 +256,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, height, width), (n_samples, n_channels, \
                 height, width), (n_samples, height, width, n_channels) or \
-                (n_samples, n_features)
-            Normal images, ``uint8`` or floats in [0, 1] (see ``value_range``).
+                (n_samples, n_features); or a folder, or a list of image files
+            Normal images, ``uint8`` or floats in [0, 1] (see ``value_range``). A folder
+            means every image file below it, in sorted order; files are decoded as
+            :mod:`con2.io` describes, and resized to ``image_shape`` when it is given
+            (else they must share one size). A ``numpy.memmap`` is read in place.
         y : None
             Ignored; present for API consistency.
 
@@ -253,7 +268,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         -------
         self : Con2Detector
         """
-        self._fit(validate_images(self, X, reset=True))
+        with training_images(self, X) as (images, on_disk):
+            self._fit(images, on_disk)
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -264,7 +280,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, folder or list of image files
             As in :meth:`fit`.
         y : None
             Ignored.
@@ -274,7 +290,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,), int
             +1 for inliers, -1 for outliers.
         """
-        scores = self._fit(validate_images(self, X, reset=True))
+        with training_images(self, X) as (images, on_disk):
+            scores = self._fit(images, on_disk)
         return _labels(scores - self.offset_)
 
     def score_samples(self, X):
@@ -282,8 +299,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
-            In any layout :meth:`fit` accepts, with the training image shape.
+        X : array-like of images, folder or list of image files
+            In any form :meth:`fit` accepts: arrays with the training image shape, files
+            of any size (resized to ``image_shape_``), scored a batch at a time.
 
         Returns
         -------
@@ -293,14 +311,14 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             a training image is scored leave-one-out (not as its own nearest neighbour).
         """
         check_is_fitted(self)
-        return self._score(validate_images(self, X, reset=False))
+        return np.concatenate([self._score(images) for images in scoring_batches(self, X)])
 
     def decision_function(self, X):
         """Return ``score_samples(X) - offset_``; negative values are anomalies.
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, folder or list of image files
             As in :meth:`score_samples`.
 
         Returns
@@ -314,7 +332,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, folder or list of image files
             As in :meth:`score_samples`.
 
         Returns
@@ -328,7 +346,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like of images
+        X : array-like of images, folder or list of image files
             As in :meth:`score_samples`.
 
         Returns
@@ -336,9 +354,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         embeddings : ndarray of shape (n_samples, embed_dim), float32
         """
         check_is_fitted(self)
-        images = validate_images(self, X, reset=False)
-        z = embed_views(self.encoder_, images, None, self._forward_size(self.device_), self.device_)
-        return z[0].cpu().numpy()
+        size = self._forward_size(self.device_)
+        return np.concatenate([
+            embed_views(self.encoder_, images, None, size, self.device_)[0].cpu().numpy()
+            for images in scoring_batches(self, X)
+        ])  # fmt: skip
 
     def save(self, path):
         """Write the fitted detector to ``path`` in con2's weights-only format.
@@ -354,8 +374,12 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         _persistence.save(self, path)
 
-    def _fit(self, images):
-        """Train and fit the scorer; return leave-one-out training scores (float64)."""
+    def _fit(self, images, on_disk=False):
+        """Train and fit the scorer; return leave-one-out training scores (float64).
+
+        ``on_disk``: the images live in a file (memmap, decode cache); then so do the
+        training embeddings, unless the scorer keeps them anyway (a memory bank).
+        """
         contexts, scorer = self._check_training_set(images)
         device = resolve_device(self.device)
         n_samples, image_shape = images.shape[0], tuple(images.shape[1:])
@@ -378,6 +402,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         )
         memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
         encoder = encoder.to(device, memory_format=memory_format)
+        loo = getattr(scorer, "leave_one_out", False)
+        spill = on_disk and not getattr(scorer, "memory_bank", False)
         with fast_math(device):
             checkpoint = checkpoint_for(self, images, device, self.encoder_ if warm else None)
             with progress_reporter(self.n_epochs, self.verbose) as progress:
@@ -385,17 +411,20 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             views = make_test_time_views(
                 self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
             )
-            embeddings = embed_views(
-                encoder, plan.images, views, self._forward_size(device), device
-            )
-        scorer.fit(embeddings)
-        loo = getattr(scorer, "leave_one_out", False)
-        exclude = torch.arange(n_samples, device=device) if loo else None
-        scores = scorer.score_samples(embeddings, exclude).cpu().numpy()
+            buffer_shape = (len(views), n_samples, encoder.backbone.embed_dim)
+            with embedding_buffer(buffer_shape, spill, self.cache_dir) as out:
+                embeddings = embed_views(
+                    encoder, plan.images, views, self._forward_size(device), device, out
+                )
+                scorer.fit(embeddings)
+                exclude = torch.arange(n_samples, device=device) if loo else None
+                scores = scorer.score_samples(embeddings, exclude).cpu().numpy()
+                del embeddings
         contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
         # Fitted state is assigned only now, so a failed fit leaves the previous state.
         self.encoder_, self.contexts_, self.scorer_, self.views_ = encoder, contexts, scorer, views
         self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, previous + losses
+        self.n_samples_fit_ = n_samples
         self._train_index = TrainingIndex(images) if loo else None
         self.offset_ = float(np.percentile(scores, 100 * contamination))
         return scores
@@ -510,3 +539,28 @@ def _labels(decision: np.ndarray) -> np.ndarray:
     labels = np.ones_like(decision, dtype=int)
     labels[decision < 0] = -1
     return labels
+
+
+def load(path, device=None) -> Con2Detector:
+    """Read a detector written by :meth:`Con2Detector.save`.
+
+    The file is read with ``torch.load(weights_only=True)``: it cannot run code.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    device : str, default=None
+        Where to run the detector, as the ``device`` parameter of ``Con2Detector``
+        (``"auto"``, ``"cpu"``, ``"cuda"``; an unavailable CUDA device is an error). None
+        means the device it was fitted on, or the CPU (with a warning) when that device
+        is missing here.
+
+    Returns
+    -------
+    detector : Con2Detector
+    """
+    params, fitted, payload = _persistence.read(path)
+    detector = Con2Detector(**params)
+    _persistence.restore(detector, payload, fitted, device)
+    return detector

@@ -12,16 +12,27 @@ Accepted layouts (see the README, "Input"):
 ``value_range=(low, high)`` declares another intensity range, which is then mapped
 linearly onto [0, 1]. The canonical form is a CPU tensor of shape
 ``(n_samples, n_channels, height, width)``, ``uint8`` or ``float32`` in [0, 1].
+
+A folder or a list of image files is another ``X``: :mod:`con2.io` decodes it into the
+same canonical form (:func:`training_images`, :func:`scoring_batches`). Arrays that live
+on disk (``numpy.memmap``, ``np.load(..., mmap_mode="r")``) and the decode cache of
+files are used in place, never copied whole into memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
+import warnings
 from numbers import Real
 
 import numpy as np
 import torch
+from sklearn import get_config
 from sklearn.utils.validation import check_array, validate_data
+
+from con2 import io
 
 CHANNELS = (1, 3)
 
@@ -243,40 +254,140 @@ def _to_unit_range(X: np.ndarray, value_range) -> torch.Tensor:
 
 
 def _as_tensor(X: np.ndarray) -> torch.Tensor:
-    if not (X.flags.c_contiguous and X.flags.writeable):
-        X = np.array(X, order="C", copy=True)
-    return torch.from_numpy(X)
+    """Share ``X``'s memory, also when it is read-only or strided (memory-mapped files).
+
+    Canonical images are never written to (:func:`to_float` returns new tensors), so a
+    read-only array is safe to share; copying it would load a memory-mapped file whole.
+    """
+    if X.flags.writeable:
+        return torch.from_numpy(X)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(X)
+
+
+def on_disk(X) -> bool:
+    """Whether the array ``X`` (or what it views) is a memory-mapped file."""
+    while X is not None:
+        if isinstance(X, np.memmap | mmap.mmap):
+            return True
+        X = getattr(X, "base", None)
+    return False
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """Return canonical images as floats in [0, 1] (on their current device)."""
+    """Return canonical images as new float tensors in [0, 1] (on their current device).
+
+    Always a new tensor: canonical images may share memory with the user's array or a
+    read-only file, and what follows may work in place.
+    """
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
-    return images.float()
+    return images.to(torch.float32, copy=True)
+
+
+@contextlib.contextmanager
+def training_images(estimator, X):
+    """Yield ``(images, on_disk)``: canonical training images, and whether they live on disk.
+
+    Arrays are validated as :func:`validate_images` does. Files are listed, every header
+    is checked, then all are decoded in parallel into a memory-mapped cache in
+    ``estimator.cache_dir`` (a temporary folder when None), removed on leaving the block.
+    Sets ``n_features_in_``; the caller stores the image shape.
+    """
+    if not io.is_file_input(X):
+        yield validate_images(estimator, X, reset=True), on_disk(X)
+        return
+    paths = io.list_images(X)
+    infos = io.inspect_files(paths)
+    shape = io.target_shape(infos, _file_image_shape(estimator.image_shape))
+    value_range = check_value_range(estimator.value_range)
+    dtype = io.cache_dtype(infos, value_range)
+    with io.decode_cache(paths, shape, dtype, value_range, estimator.cache_dir) as cache:
+        estimator.n_features_in_ = int(np.prod(shape))
+        yield _as_tensor(cache), True
+
+
+def scoring_batches(estimator, X):
+    """Yield canonical images of ``X`` for a fitted ``estimator``, batch by batch.
+
+    An array is one batch (the estimator chunks it further). Files are decoded in
+    parallel, a batch at a time, at the fitted image shape, so a folder of any size is
+    scored in bounded memory.
+    """
+    if not io.is_file_input(X):
+        yield validate_images(estimator, X, reset=False)
+        return
+    paths = io.list_images(X)
+    shape = estimator.image_shape_
+    value_range = check_value_range(estimator.value_range)
+    per_batch = max(64, get_config()["working_memory"] * 2**20 // (16 * int(np.prod(shape))))
+    for start in range(0, len(paths), per_batch):
+        batch = paths[start : start + per_batch]
+        infos = io.inspect_files(batch)
+        dtype = io.cache_dtype(infos, value_range)
+        yield torch.from_numpy(io.decode_files(batch, shape, dtype, value_range))
+
+
+def read_files(paths: list, image_shape=None, value_range=None) -> torch.Tensor:
+    """Decode image files (all of them, in memory) into canonical images."""
+    infos = io.inspect_files(paths)
+    shape = io.target_shape(infos, _file_image_shape(image_shape))
+    value_range = check_value_range(value_range)
+    dtype = io.cache_dtype(infos, value_range)
+    return torch.from_numpy(io.decode_files(paths, shape, dtype, value_range))
+
+
+def _file_image_shape(image_shape):
+    """``image_shape`` for files: ``(C, H, W)``, or ``(H, W)`` to take channels from files."""
+    if image_shape is None:
+        return None
+    if isinstance(image_shape, tuple | list) and len(image_shape) == 2:
+        check_image_shape(image_shape)  # validates the numbers
+        return tuple(int(v) for v in image_shape)
+    return check_image_shape(image_shape)
 
 
 class TrainingIndex:
     """Recognise training images by their pixels (a 16-byte hash of each).
 
     Lets leave-one-out scorers score a training image without its own entry when it comes
-    back through ``score_samples``. Memory: 16 bytes and an int per training image.
+    back through ``score_samples``. Memory: 24 bytes per training image (its hash and its
+    index, in sorted arrays).
+
+    Attributes
+    ----------
+    digests : ndarray of shape (n_unique,), void16
+        Sorted hashes.
+    positions : ndarray of shape (n_unique,), int64
+        Training index of each hash (of duplicate images, the first).
     """
 
     def __init__(self, images: torch.Tensor):
-        self.positions = {}
-        for i, image in enumerate(images):
-            self.positions.setdefault(_digest(image), i)  # duplicates: the first one
+        digests = np.frombuffer(b"".join(_digest(image) for image in images), "V16")
+        self._set(digests, np.arange(len(digests)))
+
+    def _set(self, digests: np.ndarray, positions: np.ndarray) -> None:
+        order = np.lexsort((positions, digests))  # by hash, then by index
+        digests, positions = digests[order], positions[order]
+        first = np.ones(len(digests), dtype=bool)
+        first[1:] = digests[1:] != digests[:-1]
+        self.digests, self.positions = digests[first], positions[first].astype(np.int64)
 
     @classmethod
-    def from_positions(cls, positions: dict) -> TrainingIndex:
-        """Rebuild an index from its ``positions`` (digest -> training index)."""
+    def from_arrays(cls, digests: np.ndarray, positions: np.ndarray) -> TrainingIndex:
+        """Rebuild an index from hashes (n, 16) uint8 and their training indices."""
         index = cls.__new__(cls)
-        index.positions = dict(positions)
+        index._set(np.ascontiguousarray(digests, np.uint8).view("V16").ravel(),
+                   np.asarray(positions))  # fmt: skip
         return index
 
     def lookup(self, images: torch.Tensor) -> torch.Tensor:
         """Return the training index of each image, or -1."""
-        return torch.tensor([self.positions.get(_digest(x), -1) for x in images])
+        queries = np.frombuffer(b"".join(_digest(x) for x in images), "V16")
+        found = np.searchsorted(self.digests, queries).clip(0, max(len(self.digests) - 1, 0))
+        hit = self.digests[found] == queries if len(self.digests) else np.zeros(len(queries), bool)
+        return torch.from_numpy(np.where(hit, self.positions[found], -1))
 
 
 def _digest(image: torch.Tensor) -> bytes:

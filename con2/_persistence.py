@@ -27,6 +27,7 @@ from sklearn.base import clone
 from con2._input import TrainingIndex
 from con2._training import TestTimeViews
 from con2._utils import loadable_device, resolve_device
+from con2._version import __version__
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts
 from con2.networks import build_encoder
@@ -34,13 +35,11 @@ from con2.scorers import SCORERS
 
 FORMAT = "con2-weights"
 FORMAT_VERSION = 1
-_FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_")
+_FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_", "n_samples_fit_")
 
 
 def save(detector, path) -> None:
     """Write a fitted detector to ``path`` in the weights-only format."""
-    from con2 import __version__
-
     _check_builtin(detector)
     if isinstance(detector.random_state, np.random.RandomState):
         warnings.warn(
@@ -52,7 +51,7 @@ def save(detector, path) -> None:
     params = {k: _plain(k, v) for k, v in detector.get_params(deep=False).items()}
     scorer = detector.scorer_
     params["scorer"] = {"name": _name(SCORERS, scorer), "params": scorer.get_params()}
-    fitted = {name: _plain(name, getattr(detector, name)) for name in _FITTED}
+    fitted = {name: _plain(name, getattr(detector, name, None)) for name in _FITTED}
     fitted["device_"] = str(detector.device_)
     fitted["contexts"] = [_name(CONTEXTS, c) for c in detector.contexts_]
     fitted["augment"] = asdict(detector.views_.augment)
@@ -63,7 +62,11 @@ def save(detector, path) -> None:
         "params": json.dumps(params),
         "fitted": json.dumps(fitted),
         "encoder": {k: v.cpu() for k, v in detector.encoder_.state_dict().items()},
-        "scorer": {k: v.cpu() for k, v in vars(scorer).items() if k.endswith("_")},
+        "scorer": {
+            k: v.cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in vars(scorer).items()
+            if k.endswith("_")
+        },
         "views": {f.name: getattr(detector.views_.params, f.name) for f in fields(AugmentParams)},
         "view_contexts": detector.views_.view_contexts,
         "train_index": _index_to_tensors(detector._train_index),
@@ -71,26 +74,12 @@ def save(detector, path) -> None:
     torch.save(payload, path)
 
 
-def load(path, device=None):
-    """Read a detector written by :meth:`con2.Con2Detector.save`.
+def read(path) -> tuple[dict, dict, dict]:
+    """Read a weights-only file; return its constructor parameters, fitted values, payload.
 
-    Parameters
-    ----------
-    path : str or path-like
-        The file.
-    device : str, default=None
-        Where to run the detector, as the ``device`` parameter of ``Con2Detector``
-        (``"auto"``, ``"cpu"``, ``"cuda"``; an unavailable CUDA device is an error). None
-        means the device it was fitted on, or the CPU (with a warning) when that device
-        is missing here.
-
-    Returns
-    -------
-    detector : Con2Detector
+    The scorer parameter comes back as an unfitted built-in scorer; everything else is
+    plain data. Refuses pickled objects and other formats.
     """
-    from con2 import __version__
-    from con2._detector import Con2Detector
-
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -111,15 +100,22 @@ def load(path, device=None):
     spec = params["scorer"]
     params["scorer"] = SCORERS[spec["name"]](**spec["params"])
     for key in ("image_shape", "value_range"):  # JSON turned the tuples into lists
-        if params[key] is not None:
+        if params.get(key) is not None:
             params[key] = tuple(params[key])
-    detector = Con2Detector(**params)
+    return params, fitted, payload
+
+
+def restore(detector, payload: dict, fitted: dict, device=None) -> None:
+    """Give a detector built from the file's parameters its fitted state, on ``device``.
+
+    ``device`` as in :func:`con2.load`: None means the device it was fitted on, or the
+    CPU (with a warning) when that device is missing here.
+    """
     if device is None:
         target = loadable_device(torch.device(fitted["device_"]))
     else:
         target = resolve_device(device)
     _restore(detector, payload, fitted, target)
-    return detector
 
 
 def _restore(detector, payload, fitted, device) -> None:
@@ -130,8 +126,8 @@ def _restore(detector, payload, fitted, device) -> None:
     )
     encoder.load_state_dict(payload["encoder"])
     scorer = clone(detector.scorer)  # the parameter itself stays unfitted
-    for name, tensor in payload["scorer"].items():
-        setattr(scorer, name, tensor.to(device))
+    for name, value in payload["scorer"].items():
+        setattr(scorer, name, value.to(device) if isinstance(value, torch.Tensor) else value)
     params = AugmentParams(**payload["views"])
     augment = SimCLRAugment(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in fitted["augment"].items()})  # fmt: skip
@@ -143,6 +139,7 @@ def _restore(detector, payload, fitted, device) -> None:
     detector.image_shape_ = image_shape
     detector.n_features_in_ = int(fitted["n_features_in_"])
     detector.loss_curve_ = list(fitted["loss_curve_"])
+    detector.n_samples_fit_ = fitted.get("n_samples_fit_")  # absent from older files
     detector.device_ = device
     detector._train_index = _index_from_tensors(payload["train_index"])
 
@@ -190,18 +187,16 @@ def _plain(key, value):
 def _index_to_tensors(index):
     if index is None:
         return None
-    digests = np.frombuffer(b"".join(index.positions), dtype=np.uint8).reshape(-1, 16)
     return {
-        "digests": torch.tensor(digests),
-        "positions": torch.tensor(list(index.positions.values())),
+        "digests": torch.from_numpy(index.digests.view(np.uint8).reshape(-1, 16).copy()),
+        "positions": torch.from_numpy(index.positions.copy()),
     }
 
 
 def _index_from_tensors(tensors):
     if tensors is None:
         return None
-    pairs = zip(tensors["digests"].numpy(), tensors["positions"].tolist(), strict=True)
-    return TrainingIndex.from_positions({bytes(d): int(p) for d, p in pairs})
+    return TrainingIndex.from_arrays(tensors["digests"].numpy(), tensors["positions"].numpy())
 
 
 class Checkpoint:
@@ -262,7 +257,9 @@ def checkpoint_for(detector, images, device, start=None):
         "weight_decay", "temperature", "alpha_max", "random_state", "warm_start",
     )  # fmt: skip
     params = detector.get_params()
-    digest = hashlib.blake2b(images.numpy().tobytes(), digest_size=16)
+    digest = hashlib.blake2b(digest_size=16)
+    for first in range(0, images.shape[0], 1024):  # in pieces: images may be on disk
+        digest.update(images[first : first + 1024].numpy().tobytes())
     digest.update(repr((tuple(images.shape), device.type)).encode())
     digest.update(repr({k: params[k] for k in keys}).encode())
     if start is not None:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
@@ -196,7 +200,12 @@ def make_test_time_views(
 
 
 def embed_views(
-    encoder, images: Tensor, views: TestTimeViews | None, forward_size: int, device: torch.device
+    encoder,
+    images: Tensor,
+    views: TestTimeViews | None,
+    forward_size: int,
+    device: torch.device,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Embed every test-time view of every image.
 
@@ -216,10 +225,13 @@ def embed_views(
         Views per forward pass.
     device : torch.device
         Where the network runs.
+    out : Tensor of shape (n_views, n_samples, embed_dim), float32, default=None
+        Where to write the embeddings (a buffer on disk, say), chunk by chunk.
 
     Returns
     -------
-    Tensor of shape (n_views, n_samples, embed_dim), float32, on ``device``.
+    Tensor of shape (n_views, n_samples, embed_dim), float32
+        ``out`` when given, else a new tensor on ``device``.
     """
     n_views = 1 if views is None else len(views)
     views = None if views is None else views.to(device)  # once, not per chunk
@@ -232,8 +244,33 @@ def embed_views(
             batch = normalize(x) if views is None else views.apply(x)
             parts = batch.split(forward_size)
             z = torch.cat([_padded_embed(encoder, part, forward_size) for part in parts])
-            chunks.append(z.view(n_views, x.shape[0], -1))
-    return torch.cat(chunks, dim=1)
+            z = z.view(n_views, x.shape[0], -1)
+            if out is None:
+                chunks.append(z)
+            else:
+                out[:, start : start + x.shape[0]] = z.to(out.device)
+    return torch.cat(chunks, dim=1) if out is None else out
+
+
+@contextlib.contextmanager
+def embedding_buffer(shape: tuple, on_disk: bool, directory=None):
+    """Yield a float32 buffer of ``shape`` in a temporary file, or None (in memory).
+
+    For training sets on disk: their embeddings, ``n_views * n_samples * embed_dim``
+    floats, would otherwise be the one thing in a fit that grows with the data in memory.
+    The file is removed on leaving the block.
+    """
+    if not on_disk:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="con2-embeddings-", dir=directory)
+    try:
+        array = np.memmap(os.path.join(folder, "embeddings.f32"), dtype=np.float32,
+                          mode="w+", shape=shape)  # fmt: skip
+        yield torch.from_numpy(array)
+        del array
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _padded_embed(encoder, x: Tensor, size: int) -> Tensor:

@@ -31,7 +31,8 @@ from scipy.stats import spearmanr
 from sklearn.utils import check_random_state
 from torch import Tensor
 
-from con2._input import as_images, to_float
+from con2 import io
+from con2._input import as_images, read_files, to_float
 
 __all__ = [
     "CONTEXTS",
@@ -268,8 +269,10 @@ def check_context(
     Parameters
     ----------
     X : array-like of shape (n_samples, height, width), (n_samples, n_channels, height, \
-            width), (n_samples, height, width, n_channels) or (n_samples, n_features)
-        Normal images, in any layout :class:`con2.Con2Detector` accepts.
+            width), (n_samples, height, width, n_channels) or (n_samples, n_features), \
+            or a folder or list of image files
+        Normal images, in any form :class:`con2.Con2Detector` accepts. Of files, only the
+        ``max_samples`` drawn are decoded (resized to ``image_shape`` when given).
     context : str, ContextAugmentation or list of them
         The context(s) to measure. A list gives one report per context.
     max_samples : int, default=512
@@ -300,12 +303,18 @@ def check_context(
     contexts = resolve_contexts(context)
     if not contexts:
         raise ValueError("check_context needs a context; got None.")
-    images = to_float(as_images(X, image_shape=image_shape, value_range=value_range))
+    rng = check_random_state(random_state)
+    if io.is_file_input(X):  # draw the sample first, then decode only those files
+        paths = io.list_images(X)
+        if len(paths) > max_samples:
+            paths = [paths[i] for i in np.sort(rng.choice(len(paths), max_samples, replace=False))]
+        images = to_float(read_files(paths, image_shape, value_range))
+    else:
+        images = to_float(as_images(X, image_shape=image_shape, value_range=value_range))
+        if images.shape[0] > max_samples:
+            images = images[np.sort(rng.choice(images.shape[0], max_samples, replace=False))]
     if images.shape[0] < 3:
         raise ValueError(f"check_context needs at least 3 images; got n_samples={images.shape[0]}.")
-    rng = check_random_state(random_state)
-    if images.shape[0] > max_samples:
-        images = images[np.sort(rng.choice(images.shape[0], max_samples, replace=False))]
     reports = [_measure(c, images, min_distinctiveness, min_alignment) for c in contexts]
     return reports if isinstance(context, list | tuple) else reports[0]
 

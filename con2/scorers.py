@@ -37,7 +37,9 @@ class Scorer(Protocol):
 
     ``leave_one_out`` (optional class attribute, default False) says that
     ``score_samples`` honours ``exclude``: a query that is training image ``i`` must not
-    be compared with itself.
+    be compared with itself. ``memory_bank`` (optional, default False) says that the
+    scorer keeps the training embeddings themselves (its state grows with the data);
+    otherwise the detector may hand ``fit`` embeddings that live in a temporary file.
     """
 
     def fit(self, embeddings: Tensor) -> Scorer:
@@ -82,6 +84,7 @@ class NearestNeighborScorer(BaseEstimator):
     """
 
     leave_one_out = True
+    memory_bank = True  # keeps every training embedding
 
     _parameter_constraints: dict = {
         "bank_dtype": [StrOptions({"float32", "float16"})],
@@ -150,6 +153,14 @@ class GaussianScorer(BaseEstimator):
     there are often fewer training images than dimensions, and stored as its Cholesky
     factor in float64; scoring is a triangular solve.
 
+    A query that is training image ``i`` (``exclude[q] = i``) is scored leave-one-out:
+    under the mean and covariance of the other ``n - 1`` images, with the shrinkage held
+    at its full-data value. Removing one image is a rank-one change of the covariance,
+    so this is exact and costs one eigendecomposition per view, not a refit per image.
+    In-sample scores of training images are optimistic (each image pulled its own mean
+    and covariance towards it), and a threshold taken from them flags more new normal
+    images than it promises.
+
     Parameters
     ----------
     shrinkage : "ledoit-wolf" or float in [0, 1], default="ledoit-wolf"
@@ -162,7 +173,14 @@ class GaussianScorer(BaseEstimator):
         Lower Cholesky factor of each view's shrunk covariance.
     shrinkage_ : Tensor of shape (n_views,), float64
         The shrinkage used for each view.
+    scale_ : Tensor of shape (n_views,), float64
+        Mean variance (trace / embed_dim) of each view's empirical covariance, the scale
+        of the identity it is shrunk towards.
+    n_samples_ : int
+        Number of training embeddings.
     """
+
+    leave_one_out = True
 
     _parameter_constraints: dict = {
         "shrinkage": [StrOptions({"ledoit-wolf"}), Interval(Real, 0, 1, closed="both")],
@@ -172,28 +190,29 @@ class GaussianScorer(BaseEstimator):
         self.shrinkage = shrinkage
 
     def fit(self, embeddings: Tensor) -> GaussianScorer:
-        """Fit a Gaussian per view on embeddings of shape (n_views, n_samples, embed_dim)."""
+        """Fit a Gaussian per view on embeddings of shape (n_views, n_samples, embed_dim).
+
+        One view at a time, and within a view in chunks of samples sized to
+        scikit-learn's ``working_memory``: the float64 working set does not grow with
+        ``n_samples``, so ``embeddings`` may be a tensor backed by a file on disk.
+        """
         self._validate_params()
         _check_embeddings(embeddings)
-        means, choleskys, shrinkages = [], [], []
-        for view in embeddings:  # one view at a time: float64 copies of one (n, d) block
-            mean, cholesky, shrinkage = self._fit_view(view.double())
-            means.append(mean), choleskys.append(cholesky), shrinkages.append(shrinkage)
-        self.mean_ = torch.stack(means)
-        self.cholesky_ = torch.stack(choleskys)
-        self.shrinkage_ = torch.stack(shrinkages)
+        fitted = [self._fit_view(view) for view in embeddings]
+        self.mean_, self.cholesky_, self.shrinkage_, self.scale_ = (
+            torch.stack(values) for values in zip(*fitted, strict=True)
+        )
+        self.n_samples_ = int(embeddings.shape[1])
         return self
 
-    def _fit_view(self, z: Tensor):
-        n_samples = z.shape[0]
-        mean = z.mean(dim=0)
-        centered = z - mean
-        emp_cov = centered.T @ centered / n_samples
+    def _fit_view(self, view: Tensor):
+        n_samples = view.shape[0]
+        mean, emp_cov, fourth = _moments(view, max(1, _budget(None) // (2 * view.shape[1])))
         mu = torch.diagonal(emp_cov).mean()  # trace / dim
         if self.shrinkage == "ledoit-wolf":
-            shrinkage = _ledoit_wolf_shrinkage(centered, emp_cov, mu)
+            shrinkage = _ledoit_wolf_shrinkage(emp_cov, mu, fourth, n_samples)
         else:
-            shrinkage = torch.tensor(float(self.shrinkage), dtype=z.dtype, device=z.device)
+            shrinkage = torch.tensor(float(self.shrinkage), dtype=mean.dtype, device=mean.device)
         cov = (1 - shrinkage) * emp_cov
         cov.diagonal().add_(shrinkage * mu)
         cholesky, info = torch.linalg.cholesky_ex(cov)
@@ -202,21 +221,33 @@ class GaussianScorer(BaseEstimator):
                 "The covariance of the training embeddings is singular (are all training "
                 "images identical?). Use shrinkage > 0 or the 'nnd' scorer."
             )
-        return mean, cholesky, shrinkage
+        return mean, cholesky, shrinkage, mu
 
     def score_samples(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
-        """Mean over views of the Gaussian log-density; ``exclude`` is ignored.
+        """Mean over views of the Gaussian log-density.
 
         Parameters
         ----------
         embeddings : Tensor of shape (n_views, n_samples, embed_dim)
-        exclude : ignored
-            The Gaussian statistics include every training image.
+        exclude : Tensor of shape (n_samples,), long, default=None
+            ``exclude[q] >= 0`` says that query ``q`` is that training image: it is
+            scored leave-one-out (the index itself is not needed, the query is the image).
 
         Returns
         -------
         Tensor of shape (n_samples,), float64
         """
+        if exclude is None:
+            return self._score_new(embeddings)
+        left_out = exclude.to(embeddings.device) >= 0
+        if bool(left_out.all()):  # training scores: no copy of (possibly on-disk) embeddings
+            return self._score_left_out(embeddings)
+        scores = self._score_new(embeddings)
+        if bool(left_out.any()):
+            scores[left_out] = self._score_left_out(embeddings[:, left_out])
+        return scores
+
+    def _score_new(self, embeddings: Tensor) -> Tensor:
         _check_embeddings(embeddings, self.mean_)
         n_views, n_queries, dim = embeddings.shape
         device = embeddings.device
@@ -235,19 +266,93 @@ class GaussianScorer(BaseEstimator):
                 scores[q0 : q0 + rows] += log_density
         return scores / n_views
 
+    def _score_left_out(self, embeddings: Tensor) -> Tensor:
+        """Leave-one-out scores of training embeddings, shape (n_views, n_queries, dim)."""
+        _check_embeddings(embeddings, self.mean_)
+        n_views, n_queries, dim = embeddings.shape
+        if self.n_samples_ < 3:
+            raise ValueError("Leave-one-out scores need at least 3 training images.")
+        device = embeddings.device
+        rows = max(1, _budget(None) // (4 * dim))
+        scores = torch.zeros(n_queries, dtype=torch.float64, device=device)
+        for view in range(n_views):
+            cholesky = self.cholesky_[view].to(device)
+            eigen = torch.linalg.eigh(cholesky @ cholesky.T)  # once per view
+            statistics = (self.mean_[view].to(device), eigen, float(self.shrinkage_[view]),
+                          float(self.scale_[view]), self.n_samples_)  # fmt: skip
+            for q0 in range(0, n_queries, rows):
+                z = embeddings[view, q0 : q0 + rows].to(device, torch.float64)
+                scores[q0 : q0 + rows] += _left_out_log_density(z, *statistics)
+        return scores / n_views
 
-def _ledoit_wolf_shrinkage(centered: Tensor, emp_cov: Tensor, mu: Tensor) -> Tensor:
+
+def _left_out_log_density(z, mean, eigen, shrinkage, scale, n_samples):
+    """Log-density of each training embedding under the Gaussian fitted without it.
+
+    ``z`` (n_queries, dim) are training embeddings of one view, in float64; ``eigen`` the
+    eigendecomposition of the view's shrunk covariance. With C the empirical
+    covariance, c = z - mean and n samples, leaving z out gives the mean
+    ``mean - c / (n - 1)`` and the empirical covariance ``n/(n-1) C - n/(n-1)^2 c c^T``.
+    Shrunk with the same weight s towards its own scale, the covariance is
+    ``A - g c c^T`` with A diagonal in C's eigenbasis and g = (1 - s) n / (n - 1)^2, so
+    Sherman-Morrison and the matrix determinant lemma give the exact score in O(dim)
+    per query after one eigendecomposition.
+    """
+    n, dim = n_samples, z.shape[1]
+    eigenvalues, eigenvectors = eigen
+    s = shrinkage
+    # eigenvalues of C from those of (1 - s) C + s * scale * I
+    lam = (eigenvalues - s * scale) / (1 - s) if s < 1 else torch.zeros_like(eigenvalues)
+    c = z - mean
+    ratio = n / (n - 1)
+    scale_out = ratio * scale - ratio / (n - 1) * (c**2).sum(dim=1) / dim  # trace / dim
+    diagonal = (1 - s) * ratio * lam + (s * scale_out)[:, None]  # (n_queries, dim)
+    q = ((c @ eigenvectors) ** 2 / diagonal).sum(dim=1)  # c^T A^-1 c
+    g_q = (1 - s) * ratio / (n - 1) * q
+    mahalanobis = ratio**2 * q / (1 - g_q)  # of z - mean_out = ratio * c
+    logdet = torch.log(diagonal).sum(dim=1) + torch.log1p(-g_q)
+    return -0.5 * (mahalanobis + logdet + dim * math.log(2 * math.pi))
+
+
+def _moments(view: Tensor, rows: int):
+    """Mean, empirical covariance and sum of ||x - mean||^4 of one view, in float64.
+
+    In one piece when the view fits in ``rows`` rows, else in two passes over chunks of
+    ``rows`` samples (a mean, then centred sums), reading the view a chunk at a time.
+    """
+    n_samples = view.shape[0]
+    if n_samples <= rows:
+        z = view.double()
+        mean = z.mean(dim=0)
+        centered = z - mean
+        fourth = (centered**2).sum(dim=1).pow(2).sum()
+        return mean, centered.T @ centered / n_samples, fourth
+    device = view.device
+    total = torch.zeros(view.shape[1], dtype=torch.float64, device=device)
+    for start in range(0, n_samples, rows):
+        total += view[start : start + rows].to(device, torch.float64).sum(dim=0)
+    mean = total / n_samples
+    scatter = torch.zeros(view.shape[1], view.shape[1], dtype=torch.float64, device=device)
+    fourth = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, n_samples, rows):
+        centered = view[start : start + rows].to(device, torch.float64) - mean
+        scatter += centered.T @ centered
+        fourth += (centered**2).sum(dim=1).pow(2).sum()
+    return mean, scatter / n_samples, fourth
+
+
+def _ledoit_wolf_shrinkage(emp_cov: Tensor, mu: Tensor, fourth: Tensor, n_samples: int) -> Tensor:
     """Ledoit & Wolf (2004) optimal shrinkage towards ``mu * I``.
 
     With S the empirical covariance of n centred rows x_k in d dimensions and the
     Frobenius norm scaled by 1/d: delta = ||S - mu I||^2, beta = min(delta,
-    (sum_k ||x_k||^4 - n ||S||^2) / n^2), shrinkage = beta / delta.
+    (sum_k ||x_k||^4 - n ||S||^2) / n^2), shrinkage = beta / delta; ``fourth`` is
+    sum_k ||x_k||^4.
     """
-    n_samples, dim = centered.shape
+    dim = emp_cov.shape[0]
     off = emp_cov.clone()
     off.diagonal().sub_(mu)
     delta = (off**2).sum() / dim
-    fourth = (centered**2).sum(dim=1).pow(2).sum()
     beta = (fourth - n_samples * (emp_cov**2).sum()) / (n_samples**2 * dim)
     beta = torch.minimum(beta, delta)
     return beta / delta if delta > 0 else torch.ones_like(delta)

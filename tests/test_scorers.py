@@ -165,3 +165,55 @@ def test_triangular_solve_gaussian_matches_the_unoptimised_scorer(shrinkage):
     np.testing.assert_allclose(
         fast.score_samples(test), naive_gaussian(train, test, shrinkage), rtol=1e-9
     )
+
+
+def refit_without(z: np.ndarray, i: int, shrinkage: float) -> tuple:
+    """Mean and shrunk covariance of ``z`` without row ``i``, straight from the definition."""
+    rest = np.delete(z, i, axis=0)
+    mean = rest.mean(axis=0)
+    emp = np.cov(rest, rowvar=False, bias=True)
+    mu = np.trace(emp) / z.shape[1]
+    return mean, (1 - shrinkage) * emp + shrinkage * mu * np.eye(z.shape[1])
+
+
+@pytest.mark.parametrize("shrinkage", ["ledoit-wolf", 0.0, 0.3, 1.0])
+def test_gaussian_leave_one_out_equals_a_refit_without_the_image(shrinkage):
+    train = embeddings(2, 40, 6, 11).double()
+    scorer = GaussianScorer(shrinkage=shrinkage).fit(train)
+    scores = scorer.score_samples(train, exclude=torch.arange(40))
+    expected = np.zeros(40)
+    for view in range(2):
+        s = float(scorer.shrinkage_[view])  # held at its full-data value
+        z = train[view].numpy()
+        for i in range(40):
+            mean, cov = refit_without(z, i, s)
+            expected[i] += multivariate_normal(mean, cov).logpdf(z[i]) / 2
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-9)
+    in_sample = scorer.score_samples(train).numpy()
+    assert (scores.numpy() < in_sample).all()  # each image pulled its Gaussian towards it
+
+
+def test_gaussian_leave_one_out_only_for_the_queries_named():
+    train, test = embeddings(2, 60, 8, 12), embeddings(2, 10, 8, 13)
+    scorer = GaussianScorer().fit(train)
+    queries = torch.cat([test, train[:, :3]], dim=1)
+    exclude = torch.tensor([-1] * 10 + [0, 1, 2])
+    scores = scorer.score_samples(queries, exclude)
+    np.testing.assert_array_equal(scores[:10], scorer.score_samples(test))
+    left_out = scorer.score_samples(train[:, :3], torch.arange(3))
+    np.testing.assert_allclose(scores[10:], left_out, rtol=1e-12)
+
+
+def test_gaussian_fits_in_chunks_as_in_one_piece(monkeypatch):
+    import con2.scorers
+
+    train = embeddings(3, 500, 16, 14)
+    whole = GaussianScorer().fit(train)
+    monkeypatch.setattr(con2.scorers, "_budget", lambda _: 16 * 2 * 37)  # 37-row chunks
+    chunked = GaussianScorer().fit(train)
+    for name in ("mean_", "cholesky_", "shrinkage_", "scale_"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), rtol=1e-10)
+    everyone = torch.arange(500)
+    np.testing.assert_allclose(
+        chunked.score_samples(train, everyone), whole.score_samples(train, everyone), rtol=1e-10
+    )
