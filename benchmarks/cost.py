@@ -1,12 +1,14 @@
 """What a fit and a scoring pass cost, measured, for a few detector settings.
 
-On random 28x28 grayscale images (the Fashion-MNIST shape; the content does not change
-the cost): fits of 1 and of ``1 + n_epochs`` epochs on ``n_train`` images, whose
-difference is the time of ``n_epochs`` epochs alone (the fixed costs of a fit, the
-context check and embedding the training set, cancel out); then scoring ``n_score``
-images. Epoch time is extrapolated to a 6000-image class and the paper's 2048 epochs.
+On random grayscale images (28x28, the Fashion-MNIST shape, unless a setting names another
+``image_size``; the content does not change the cost): fits of 1 and of ``1 + n_epochs``
+epochs on ``n_train`` images, whose difference is the time of ``n_epochs`` epochs alone
+(the fixed costs of a fit, the context check and embedding the training set, cancel out);
+then scoring ``n_score`` images. Epoch time is extrapolated to a 6000-image class and the
+paper's 2048 epochs.
 
-    python benchmarks/cost.py
+    python benchmarks/cost.py                    # the README's cost table
+    python benchmarks/cost.py --group frontier   # the candidates of the frontier study
 """
 
 from __future__ import annotations
@@ -25,17 +27,36 @@ from oneclass import hardware
 from con2 import Con2Detector
 
 ROOT = Path(__file__).resolve().parent
-SETTINGS = {
-    "defaults (base_width=64)": dict(),
-    "base_width=16": dict(base_width=16),
-    "base_width=8, A=8": dict(base_width=8, n_test_augmentations=8),
+GROUPS = {
+    "defaults": {
+        "defaults (base_width=64)": dict(),
+        "base_width=16": dict(base_width=16),
+        "base_width=8, A=8": dict(base_width=8, n_test_augmentations=8),
+    },
+    # What one epoch of each candidate of benchmarks/frontier.py costs, so that its
+    # levels can be set to equal compute.
+    "frontier": {
+        "w8": dict(base_width=8),
+        "w12": dict(base_width=12),
+        "w16": dict(base_width=16),
+        "w8 b64": dict(base_width=8, batch_size=64),
+        "w8 b128": dict(base_width=8, batch_size=128),
+        "w8 b512": dict(base_width=8, batch_size=512),
+        "w8 20px": dict(base_width=8, image_size=20),
+        "w8 vflip+invert": dict(base_width=8, context=["vflip", "invert"]),
+        "w8 b128 vflip+invert": dict(base_width=8, batch_size=128, context=["vflip", "invert"]),
+        "w16 b128": dict(base_width=16, batch_size=128),
+    },
 }
+SETTINGS = GROUPS["defaults"]
 
 
 def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: str) -> dict:
     """Seconds per training step and epoch, fixed seconds per fit, seconds to score."""
+    settings = dict(settings)
+    size = settings.pop("image_size", 28)
     rng = np.random.default_rng(0)
-    X = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    X = rng.integers(0, 256, (n_train, size, size), dtype=np.uint8)
     det = Con2Detector(random_state=0, device=device, **{**settings, "n_epochs": 1})
 
     def fit_seconds(epochs):
@@ -57,9 +78,13 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
     steps_per_6000 = 6000 // det.batch_size
     return {
         "settings": {
-            k: v
-            for k, v in det.get_params().items()
-            if k in ("base_width", "batch_size", "n_test_augmentations")
+            **{
+                k: v
+                for k, v in det.get_params().items()
+                if k in ("base_width", "batch_size", "n_test_augmentations")
+            },
+            **({"image_size": size} if size != 28 else {}),
+            **({"context": det.context} if det.context != "vflip" else {}),
         },
         "seconds_per_step": per_step,
         "seconds_per_epoch_6000": per_step * steps_per_6000,
@@ -70,15 +95,17 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
 
 
 def main(n_train: int = 1024, n_epochs: int = 2, n_score: int = 512, device: str = "auto",
-         out: str | None = None) -> dict:  # fmt: skip
-    """Measure every entry of SETTINGS, print a markdown table, save JSON."""
-    rows = {name: measure(s, n_train, n_epochs, n_score, device) for name, s in SETTINGS.items()}
+         out: str | None = None, group: str = "defaults") -> dict:  # fmt: skip
+    """Measure every setting of a group (SETTINGS by default), print a table, save JSON."""
+    settings = SETTINGS if group == "defaults" else GROUPS[group]
+    rows = {name: measure(s, n_train, n_epochs, n_score, device) for name, s in settings.items()}
     dev = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
     results = {
         "date": date.today().isoformat(),
         "hardware": hardware() if dev == "cpu" else torch.cuda.get_device_name(0),
         "command": f"python benchmarks/cost.py --n-train {n_train} --n-epochs {n_epochs} "
-        f"--n-score {n_score} --device {device}",
+        f"--n-score {n_score} --device {device}"
+        + (f" --group {group}" if group != "defaults" else ""),
         "rows": rows,
     }
     print(f"{results['hardware']}; {n_train} training images 28x28, {n_epochs} epochs timed\n")
@@ -91,7 +118,8 @@ def main(n_train: int = 1024, n_epochs: int = 2, n_score: int = 512, device: str
             f"{r['hours_2048_epochs_6000']:.0f} | {r['fixed_seconds_per_1000_train']:.0f} | "
             f"{r['seconds_per_1000_scored']:.1f} |"
         )
-    path = Path(out) if out else ROOT / "results" / f"cost-{dev}.json"
+    suffix = "" if group == "defaults" else f"-{group}"
+    path = Path(out) if out else ROOT / "results" / f"cost-{dev}{suffix}.json"
     path.write_text(json.dumps(results, indent=1))
     return results
 
@@ -103,4 +131,5 @@ if __name__ == "__main__":
     parser.add_argument("--n-score", type=int, default=512)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--group", choices=sorted(GROUPS), default="defaults")
     main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})

@@ -10,8 +10,11 @@ seed, in one run:
 - IsolationForest, OneClassSVM and LocalOutlierFactor(novelty=True) on raw pixels;
 - ``check_context`` of every context on the class's training images.
 
-Results go to a JSON file; ``--write-readme`` also renders the table into
-``benchmarks/README.md`` between markers.
+Results go to a JSON file as each (class, seed, configuration) finishes; the same command
+run again skips what the file already holds, so a table that needs hours is built across
+several runs (an interrupted run loses at most the fit in progress). A context
+``vflip+invert`` trains with both contexts at once (the paper's multi-context variant).
+``--write-readme`` also renders the table into ``benchmarks/README.md`` between markers.
 
     python benchmarks/oneclass.py --preset cpu --classes 0 1 2 --seeds 0
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import time
 import warnings
 from datetime import date
@@ -33,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.svm import OneClassSVM
 
-from con2 import Con2Detector, GaussianScorer, check_context
+from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer, check_context
 from con2._input import validate_images
 from con2._training import embed_views
 from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
@@ -58,32 +63,103 @@ BASELINES = {
 ROOT = Path(__file__).resolve().parent
 
 
-def run_con2(X_train, X_test, is_normal, context, settings, seed):
+def parse_context(text: str):
+    """``"None"`` -> None, ``"vflip+invert"`` -> a list of contexts, else the name."""
+    if text == "None":
+        return None
+    return text.split("+") if "+" in text else text
+
+
+def context_name(context) -> str:
+    """Return the key of a context in the results: ``"None"``, ``"vflip+invert"``..."""
+    return "+".join(context) if isinstance(context, list | tuple) else str(context)
+
+
+def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()):
     """Fit Con2 once and return AUROCs of both scorers and the fit time.
 
     Both scorers see the same encoder and the same test-time views: the fitted ``nnd``
     scorer as ``score_samples`` uses it (training images recognised and left out), and a
     Gaussian scorer fitted on the same training embeddings. One embedding pass of the
     test set serves both (library internals; the public API would embed twice).
+
+    ``settings`` may hold ``image_size``: both image sets are then resized to it first
+    (bilinear, antialiased). Each count in ``view_counts`` below the fit's
+    ``n_test_augmentations`` is also scored, with that many of the fitted views (the
+    first of each context), under the key ``f"views={count}"``.
     """
+    settings = dict(settings)
+    size = settings.pop("image_size", None)
+    if size is not None:
+        X_train, X_test = resize(X_train, size), resize(X_test, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # context warnings: check_context below
         start = time.perf_counter()
         det = Con2Detector(context=context, scorer="nnd", random_state=seed, **settings)
         det.fit(X_train)
         fit_seconds = time.perf_counter() - start
-    size = det._forward_size(det.device_)
+    forward = det._forward_size(det.device_)
     train, test = (validate_images(det, X, reset=False) for X in (X_train, X_test))
-    z_train = embed_views(det.encoder_, train, det.views_, size, det.device_)
-    z_test = embed_views(det.encoder_, test, det.views_, size, det.device_)
+    z_train = embed_views(det.encoder_, train, det.views_, forward, det.device_)
+    z_test = embed_views(det.encoder_, test, det.views_, forward, det.device_)
     exclude = det._train_index.lookup(test).to(z_test.device)
-    nnd = det.scorer_.score_samples(z_test, exclude).cpu().numpy()
-    lh = GaussianScorer().fit(z_train).score_samples(z_test).cpu().numpy()
-    return {
-        "nnd": roc_auc_score(is_normal, nnd),
-        "lh": roc_auc_score(is_normal, lh),
-        "fit_seconds": fit_seconds,
-    }
+
+    def aurocs(views, calibration=False):
+        nnd = NearestNeighborScorer().fit(z_train[views])
+        lh = GaussianScorer().fit(z_train[views])
+        tests = {"nnd": nnd.score_samples(z_test[views], exclude).cpu().numpy(),
+                 "lh": lh.score_samples(z_test[views], exclude).cpu().numpy()}  # fmt: skip
+        found = {name: roc_auc_score(is_normal, scores) for name, scores in tests.items()}
+        if calibration:
+            everyone = torch.arange(z_train.shape[1])
+            found["fpr"] = false_positive_rates(is_normal, tests, {
+                "nnd leave-one-out": ("nnd", nnd.score_samples(z_train[views], everyone)),
+                "lh in-sample": ("lh", lh.score_samples(z_train[views])),
+                "lh leave-one-out": ("lh", lh.score_samples(z_train[views], everyone)),
+            })  # fmt: skip
+        return found
+
+    steps = det.n_epochs * (len(X_train) // min(det.batch_size, len(X_train)))
+    result = {**aurocs(slice(None), calibration=True), "fit_seconds": fit_seconds,
+              "n_steps": steps}  # fmt: skip
+    for count in view_counts:
+        if count < len(det.views_):
+            result[f"views={count}"] = aurocs(balanced_views(det.views_.view_contexts, count))
+    return result
+
+
+NOMINAL_RATES = (0.01, 0.05, 0.1)
+
+
+def false_positive_rates(is_normal, test_scores: dict, rules: dict) -> dict:
+    """Share of the normal test images each threshold rule flags, at each nominal rate.
+
+    A rule is (scorer, training scores); its threshold at rate c is the c-quantile of its
+    training scores, as ``contamination=c`` sets ``offset_``.
+    """
+    rates = {}
+    for rule, (scorer, train_scores) in rules.items():
+        train_scores = train_scores.cpu().numpy()
+        normal = test_scores[scorer][is_normal == 1]
+        rates[rule] = {str(c): float(np.mean(normal < np.percentile(train_scores, 100 * c)))
+                       for c in NOMINAL_RATES}  # fmt: skip
+    return rates
+
+
+def balanced_views(view_contexts, count: int):
+    """Return ``count`` view indices, the first views of each context in equal shares."""
+    n_contexts = int(view_contexts.max()) + 1
+    per_context = count // n_contexts
+    return torch.cat([torch.nonzero(view_contexts == k)[:per_context, 0]
+                      for k in range(n_contexts)])  # fmt: skip
+
+
+def resize(X: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 images (n, H, W) to floats in [0, 1] of shape (n, size, size)."""
+    x = torch.from_numpy(X).float().div_(255.0)[:, None]
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                        antialias=True, align_corners=False)  # fmt: skip
+    return x.clamp_(0.0, 1.0)[:, 0].numpy()
 
 
 def main(
@@ -96,50 +172,162 @@ def main(
     out: str | None = None,
     write_readme: bool = False,
 ) -> dict:
-    """Run the benchmark and return (and save) its results."""
+    """Run what the results file does not hold yet; return (and save) all its results."""
     settings = dict(PRESETS[preset])
     if n_train == "preset":
         n_train = PRESET_N_TRAIN[preset]
-    started = time.perf_counter()
+    out_path = Path(out) if out else ROOT / "results" / f"oneclass-{preset}.json"
+    command = command_line(preset, classes, seeds, contexts, n_train, out)
+    results = ResultsFile(out_path, {"preset": preset, "settings": settings, "n_train": n_train})
+    units = [(c, s, context_name(x)) for c in classes for s in seeds for x in (*contexts, "pixels")]
+    todo = [u for u in units if not results.has(*u)]
+    print(f"{len(units) - len(todo)} of {len(units)} fits already in {out_path}; "
+          f"{len(todo)} to run", flush=True)  # fmt: skip
+    results.start_run(command)
     X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
     pixels_test = X_test.reshape(len(X_test), -1) / 255.0
-    rows = []
-    for cls in classes:
+    clock = Eta(todo)
+    for cls, seed, name in todo:
         normal = X_train_all[y_train == cls]
         if n_train is not None:
             normal = normal[np.random.default_rng(0).permutation(len(normal))[:n_train]]
         is_normal = np.where(y_test == cls, 1, -1)
-        checks = {str(c): vars_of(check_context(normal, c)) for c in contexts if c is not None}
-        for seed in seeds:
-            row = {"class": cls, "seed": seed, "n_train": len(normal), "checks": checks}
-            for context in contexts:
-                result = run_con2(normal, X_test, is_normal, context, settings, seed)
-                row[str(context)] = result
-                print(f"class {cls} seed {seed} context {context}: {fmt(result)}", flush=True)
-            pixels = normal.reshape(len(normal), -1) / 255.0
-            for name, make in BASELINES.items():
-                model = make(seed).fit(pixels)
-                row[name] = roc_auc_score(is_normal, model.score_samples(pixels_test))
-            print(f"class {cls} seed {seed} baselines: "
-                  + ", ".join(f"{k} {row[k]:.3f}" for k in BASELINES), flush=True)  # fmt: skip
-            rows.append(row)
-    results = {
-        "date": date.today().isoformat(),
-        "hardware": hardware(),
-        "preset": preset,
-        "settings": settings,
-        "n_train": n_train,
-        "command": command_line(preset, classes, seeds, contexts, n_train, out),
-        "rows": rows,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    out_path = Path(out) if out else ROOT / "results" / f"oneclass-{preset}.json"
-    results["name"] = out_path.stem
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=1))
+        if not results.has_row(cls, seed):
+            checks = {str(c): vars_of(check_context(normal, c)) for c in contexts
+                      if c is not None and not isinstance(c, list | tuple)}  # fmt: skip
+            results.add_row(cls, seed, n_train=len(normal), checks=checks)
+        started = time.perf_counter()
+        if name == "pixels":
+            result = run_baselines(normal, pixels_test, is_normal, seed)
+            summary = ", ".join(f"{k} {result[k]:.3f}" for k in BASELINES)
+        else:
+            result = run_con2(normal, X_test, is_normal, parse_context(name), settings, seed)
+            summary = fmt(result)
+        results.add(cls, seed, name, result)
+        what = "baselines" if name == "pixels" else f"context {name}"
+        eta = clock.tick(name, time.perf_counter() - started)
+        print(f"class {cls} seed {seed} {what}: {summary}; {eta}", flush=True)
+    final = results.finish()
     if write_readme:
-        render_readme(results)
-    return results
+        render_readme(final)
+    return final
+
+
+def run_baselines(normal, pixels_test, is_normal, seed) -> dict:
+    """AUROC of each pixel-space baseline fitted on the normal images."""
+    pixels = normal.reshape(len(normal), -1) / 255.0
+    return {
+        name: roc_auc_score(is_normal, make(seed).fit(pixels).score_samples(pixels_test))
+        for name, make in BASELINES.items()
+    }
+
+
+class ResultsFile:
+    """A results JSON file that grows by one (class, seed, configuration) at a time.
+
+    ``identity`` (preset, settings, number of training images) names the table; a file
+    with another identity is refused rather than mixed in. Every :meth:`add` rewrites
+    the file atomically (a temporary file, then a rename), so an interruption loses at
+    most the fit in progress. Rows keep today's schema: one per (class, seed), with one
+    key per configuration ("vflip", "None", ...) and the pixel baselines' AUROCs at top
+    level.
+    """
+
+    def __init__(self, path: Path, identity: dict):
+        self.path = Path(path)
+        self.data = {**identity, "rows": [], "commands": [], "wall_seconds": 0.0}
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+            theirs = {k: data.get(k) for k in identity}
+            if json.loads(json.dumps(identity)) != theirs:
+                raise ValueError(
+                    f"{self.path} holds another table ({theirs}), not {identity}; pass "
+                    "another --out, or remove the file to start afresh."
+                )
+            data.setdefault("commands", [data["command"]] if "command" in data else [])
+            self.data = data
+        self.rows = {(r["class"], r["seed"]): r for r in self.data["rows"]}
+        self.run_started = None
+
+    def has_row(self, cls, seed) -> bool:
+        """Whether the row of (class, seed) exists (with its context checks)."""
+        return (cls, seed) in self.rows
+
+    def has(self, cls, seed, name) -> bool:
+        """Whether configuration ``name`` ("pixels": the baselines) of a row is done."""
+        row = self.rows.get((cls, seed), {})
+        if name == "pixels":
+            return all(b in row for b in BASELINES)
+        return name in row
+
+    def start_run(self, command: str) -> None:
+        """Note the command, hardware and commit of the run that starts now."""
+        self.run_started = time.perf_counter()
+        self.wall_before = self.data["wall_seconds"]
+        if command not in self.data["commands"]:
+            self.data["commands"].append(command)
+        self.data.update(command=command, hardware=hardware(), commit=git_commit())
+        self.data.setdefault("date", date.today().isoformat())
+
+    def add_row(self, cls, seed, **fields) -> None:
+        """Start the row of (class, seed) with ``fields``."""
+        self.rows[cls, seed] = {"class": cls, "seed": seed, **fields}
+
+    def add(self, cls, seed, name, result: dict) -> None:
+        """Store one finished configuration and rewrite the file."""
+        row = self.rows[cls, seed]
+        if name == "pixels":
+            row.update(result)
+        else:
+            row[name] = result
+        self.write()
+
+    def finish(self) -> dict:
+        """Write the file a last time and return its contents."""
+        self.write()
+        return self.data
+
+    def write(self) -> None:
+        """Rewrite the file atomically (a temporary file, then a rename)."""
+        self.data["rows"] = [self.rows[k] for k in sorted(self.rows)]
+        self.data["updated"] = date.today().isoformat()
+        self.data["wall_seconds"] = self.wall_before + time.perf_counter() - self.run_started
+        self.data["name"] = self.path.stem
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(self.data, indent=1))
+        os.replace(temporary, self.path)
+
+
+class Eta:
+    """Estimate what remains of a run from the fits it has finished, by kind of fit."""
+
+    def __init__(self, todo):
+        self.left = [name for *_, name in todo]
+        self.seconds = {}
+
+    def tick(self, name: str, seconds: float) -> str:
+        """Record a finished fit of kind ``name``; describe it and what remains."""
+        self.left.remove(name)
+        self.seconds.setdefault(name, []).append(seconds)
+        mean_all = np.mean([t for ts in self.seconds.values() for t in ts])
+        rest = sum(np.mean(self.seconds.get(n, [mean_all])) for n in self.left)
+        return f"{seconds:.0f} s; {len(self.left)} fits left, about {rest / 60:.0f} min"
+
+
+def git_commit() -> str | None:
+    """Return the commit the code runs at ("+dirty" when files differ from it)."""
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def parse_n_train(text: str):
@@ -172,40 +360,61 @@ def command_line(preset, classes, seeds, contexts, n_train, out=None) -> str:
     parts = [f"python benchmarks/oneclass.py --preset {preset}"]
     parts.append("--classes " + " ".join(map(str, classes)))
     parts.append("--seeds " + " ".join(map(str, seeds)))
-    parts.append("--contexts " + " ".join(str(c) for c in contexts))
+    parts.append("--contexts " + " ".join(context_name(c) for c in contexts))
     parts.append(f"--n-train {'all' if n_train is None else n_train}")
     if out is not None:
         parts.append(f"--out {out}")
     return " ".join(parts)
 
 
+def configurations(rows) -> list:
+    """Return the Con2 configurations in the rows, in the order they first appear."""
+    seen = {}
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, dict) and "nnd" in value:
+                seen.setdefault(key, None)
+    return list(seen)
+
+
+def method_name(config: str, scorer: str) -> str:
+    if config == "None":
+        return "SimCLR nnd" if scorer == "nnd" else "SSD-like lh"
+    return f"{config} {scorer}"
+
+
 def table(results) -> str:
-    """Markdown table: one row per class (mean over seeds), one column per method."""
+    """Markdown table: one row per class (mean over seeds), one column per method.
+
+    A cell without results shows a dash, and a column with one gets no mean.
+    """
     rows = results["rows"]
-    methods = [(str(c), s) for c in CONTEXTS for s in ("nnd", "lh") if str(c) in rows[0]]
-    names = [f"{'SimCLR' if c == 'None' and s == 'nnd' else 'SSD-like' if c == 'None' else c} {s}"
-             for c, s in methods] + list(BASELINES)  # fmt: skip
+    methods = [(c, s) for c in configurations(rows) for s in ("nnd", "lh")]
+    names = [method_name(c, s) for c, s in methods] + list(BASELINES)
     lines = ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     columns = {name: [] for name in names}
     spreads = {name: [] for name in names}
     for cls in sorted({r["class"] for r in rows}):
         mine = [r for r in rows if r["class"] == cls]
-        per_seed = [[r[c][s] for r in mine] for c, s in methods]
-        per_seed += [[r[b] for r in mine] for b in BASELINES]
-        values = [np.mean(v) for v in per_seed]
+        per_seed = [[r[c][s] for r in mine if c in r] for c, s in methods]
+        per_seed += [[r[b] for r in mine if b in r] for b in BASELINES]
+        values = [np.mean(v) if v else np.nan for v in per_seed]
         for name, v in zip(names, per_seed, strict=True):
             spreads[name].append(np.std(v, ddof=1) if len(v) > 1 else np.nan)
         for name, value in zip(names, values, strict=True):
             columns[name].append(value)
-        best = max(values)
-        cells = [f"**{100 * v:.1f}**" if v == best else f"{100 * v:.1f}" for v in values]
+        best = np.nanmax(values) if not np.all(np.isnan(values)) else np.nan
+        cells = ["-" if np.isnan(v) else f"**{100 * v:.1f}**" if v == best else f"{100 * v:.1f}"
+                 for v in values]  # fmt: skip
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
     means = [np.mean(columns[name]) for name in names]
-    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    lines.append("| **mean** | " + " | ".join(
+        "-" if np.isnan(m) else f"{100 * m:.1f}" for m in means) + " |")  # fmt: skip
     if len({r["seed"] for r in rows}) > 1:
-        stds = [np.mean(spreads[name]) for name in names]
-        lines.append("| std over seeds (mean over classes) | "
-                     + " | ".join(f"{100 * s:.1f}" for s in stds) + " |")  # fmt: skip
+        stds = [np.nanmean(spreads[name]) if not np.all(np.isnan(spreads[name])) else np.nan
+                for name in names]  # fmt: skip
+        lines.append("| std over seeds (mean over classes with 2+ seeds) | " + " | ".join(
+            "-" if np.isnan(s) else f"{100 * s:.1f}" for s in stds) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -213,6 +422,8 @@ def check_table(results) -> str:
     """Markdown table: check_context of every context on each class's training images."""
     rows = results["rows"]
     names = list(rows[0]["checks"])
+    if not names:
+        return "(no single context to check)"
     header = " | ".join(f"{n} distinct. | {n} align." for n in names)
     lines = [f"| class | {header} |", "|---" * (2 * len(names) + 1) + "|"]
     for cls in sorted({r["class"] for r in rows}):
@@ -226,13 +437,15 @@ def check_table(results) -> str:
 
 def render_readme(results) -> None:
     body = "\n".join([
-        f"Run {results['date']} on {results['hardware']}; preset `{results['preset']}` "
+        f"Run {results['date']} to {results.get('updated', results['date'])} on "
+        f"{results['hardware']}, code at commit {results.get('commit')}; preset "
+        f"`{results['preset']}` "
         f"({', '.join(f'{k}={v}' for k, v in results['settings'].items())}); "
         f"seeds {sorted({r['seed'] for r in results['rows']})}; "
         f"{results['rows'][0]['n_train']} training images per class. AUROC in %, mean over "
         "seeds, best per class in bold.",
         "",
-        f"    {results['command']}",
+        *(f"    {c}" for c in results.get("commands", [results["command"]])),
         "",
         table(results),
         "",
@@ -277,7 +490,7 @@ if __name__ == "__main__":
         preset=args.preset,
         classes=tuple(args.classes),
         seeds=tuple(args.seeds),
-        contexts=tuple(None if c == "None" else c for c in args.contexts),
+        contexts=tuple(parse_context(c) for c in args.contexts),
         n_train=parse_n_train(args.n_train),
         data=args.data,
         out=args.out,

@@ -64,7 +64,81 @@ def test_oneclass_runs_every_configuration_and_renders_its_table(benchmarks, tmp
     assert "| vflip nnd | vflip lh | SimCLR nnd | SSD-like lh | IsolationForest |" in text
     mean = np.mean([r["vflip"]["lh"] for r in results["rows"]])
     assert "| **mean** | " in text and f"{100 * mean:.1f}" in text
-    assert "| std over seeds (mean over classes) |" in text
+    assert "| std over seeds (mean over classes with 2+ seeds) |" in text
+
+
+@pytest.fixture
+def toy_oneclass(benchmarks, tmp_path, monkeypatch):
+    """oneclass.main at toy size on toy data, and a record of the fits it runs."""
+    oneclass, _, _ = benchmarks
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    monkeypatch.setitem(oneclass.PRESETS, "toy", dict(base_width=2, n_epochs=1, batch_size=8,
+                                                      n_test_augmentations=2))  # fmt: skip
+    monkeypatch.setitem(oneclass.PRESET_N_TRAIN, "toy", None)
+    fits = []
+    real = oneclass.run_con2
+
+    def recording(X_train, X_test, is_normal, context, settings, seed):
+        fits.append((int(is_normal[1] == 1), seed, oneclass.context_name(context)))  # class
+        return real(X_train, X_test, is_normal, context, settings, seed)
+
+    monkeypatch.setattr(oneclass, "run_con2", recording)
+
+    def run(out, **kwargs):
+        args = dict(preset="toy", classes=(0, 1), seeds=(0,), contexts=("vflip", None))
+        return oneclass.main(**{**args, **kwargs}, data=str(tmp_path), out=str(out))
+
+    return run, fits, oneclass
+
+
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
+def test_oneclass_resumes_an_interrupted_table_and_skips_finished_fits(toy_oneclass, tmp_path):
+    run, fits, oneclass = toy_oneclass
+    whole = run(tmp_path / "whole.json")
+    assert len(fits) == 4
+    fits.clear()
+    # Interrupt the second run in its third fit: the file keeps the two finished ones.
+    calls = []
+    real = oneclass.run_con2
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    oneclass.run_con2 = interrupted
+    out = tmp_path / "resumed.json"
+    with pytest.raises(KeyboardInterrupt):
+        run(out)
+    saved = json.loads(out.read_text())
+    done = [(r["class"], k) for r in saved["rows"] for k in ("vflip", "None") if k in r]
+    assert len(done) == 2 and all("IsolationForest" not in r for r in saved["rows"][1:])
+    oneclass.run_con2 = real
+    fits.clear()
+    resumed = run(out)
+    assert len(fits) == 2  # only the two fits the interrupted run had not finished
+    for a, b in zip(whole["rows"], resumed["rows"], strict=True):
+        for key in ("vflip", "None"):  # CPU fits are bit-reproducible: same AUROCs
+            assert a[key]["nnd"] == b[key]["nnd"] and a[key]["lh"] == b[key]["lh"]
+        assert a["IsolationForest"] == b["IsolationForest"]
+    fits.clear()
+    again = run(out)  # the same command once more: nothing left to run
+    assert fits == [] and again["rows"] == resumed["rows"]
+    more = run(out, seeds=(1,), classes=(1,))  # another seed joins the same table
+    assert fits == [(1, 1, "vflip"), (1, 1, "None")]
+    assert [(r["class"], r["seed"]) for r in more["rows"]] == [(0, 0), (1, 0), (1, 1)]
+    assert len(more["commands"]) == 2
+
+
+def test_oneclass_refuses_to_mix_two_tables_in_one_file(toy_oneclass, tmp_path, monkeypatch):
+    run, _, oneclass = toy_oneclass
+    out = tmp_path / "t.json"
+    run(out, classes=(0,), contexts=("vflip",))
+    monkeypatch.setitem(oneclass.PRESETS, "toy", dict(base_width=3, n_epochs=1, batch_size=8,
+                                                      n_test_augmentations=2))  # fmt: skip
+    with pytest.raises(ValueError, match="holds another table"):
+        run(out, classes=(0,), contexts=("vflip",))
 
 
 def test_throughput_measures_all_four_parts_as_ratios(benchmarks, tmp_path):
@@ -120,3 +194,34 @@ def test_sweep_trains_a_shared_setting_once_and_renders_both_tables(
     assert "| class | temperature=0.2 | temperature=0.5 |" in text
     assert "| class | n_test_augmentations=2 | n_test_augmentations=4 |" in text
     assert results["command"] in text
+
+
+def test_frontier_study_prices_levels_by_measured_cost_and_resumes(benchmarks, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    _, _, readme = benchmarks
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import frontier
+
+    monkeypatch.setattr(frontier, "ROOT", readme.parent)
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    monkeypatch.setattr(frontier, "BASE", dict(context="vflip", base_width=2, batch_size=8,
+                                               n_test_augmentations=4))  # fmt: skip
+    monkeypatch.setattr(frontier, "VIEW_COUNTS", (2,))
+    monkeypatch.setattr(frontier, "LEVELS", {"base": ({}, "a"), "wide": ({"base_width": 3}, "b")})
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"rows": {"a": {"seconds_per_epoch_6000": 1.0},
+                                          "b": {"seconds_per_epoch_6000": 2.0}}}))  # fmt: skip
+    out = tmp_path / "study.json"
+    args = dict(classes=(1,), seeds=(0,), levels=("base", "wide"), budget=2.0,
+                costs=str(costs), data=str(tmp_path), out=str(out))  # fmt: skip
+    results = frontier.main(**args, write_readme=True)
+    assert results["levels"]["base"]["n_epochs"] == 2 and results["levels"]["wide"]["n_epochs"] == 1
+    row = results["rows"][0]
+    assert row["wide"]["n_epochs"] == 1 and set(row["base"]["views=2"]) == {"nnd", "lh"}
+    assert set(row["base"]["fpr"]) == {"nnd leave-one-out", "lh in-sample", "lh leave-one-out"}
+    text = readme.read_text()
+    assert "<!-- frontier-study -->" in text and "| wide | 1 |" in text
+    calls = []
+    monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
+    frontier.main(**args)  # everything is in the file already
+    assert calls == []

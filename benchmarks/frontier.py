@@ -1,0 +1,191 @@
+"""Where a CPU budget is best spent: one factor at a time against a shared setting.
+
+Every level trains for the same number of seconds of a 2-core CPU per class (``--budget``):
+its number of epochs is the budget divided by the measured seconds per epoch of that
+setting (``results/cost-cpu-frontier.json``, made by ``cost.py --group frontier``), so
+"width 16" means fewer epochs of a wider network, not more compute. The shared setting is
+the ``cpu-6000`` preset's (vflip, width 8, batch 256, 28 px, all 6000 images of the
+class); each level changes one thing. Every fit embeds 40 test-time views and is also
+scored with 8 and 16 of them, with both scorers, so views and scorers are read off the
+same fits. Results go to ``results/frontier-study.json`` one fit at a time, and the same
+command run again continues where it stopped (``oneclass.ResultsFile``).
+
+    python benchmarks/frontier.py --classes 0 2 5 6 --seeds 0 --budget 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from oneclass import Eta, ResultsFile, render_block, run_con2
+
+from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parent
+BASE = dict(context="vflip", base_width=8, batch_size=256, n_test_augmentations=40)
+# level -> (what it changes, the cost-table row that prices one epoch of it)
+LEVELS = {
+    "base": ({}, "w8"),
+    "width 16": ({"base_width": 16}, "w16"),
+    "batch 64": ({"batch_size": 64}, "w8 b64"),
+    "batch 128": ({"batch_size": 128}, "w8 b128"),
+    "batch 512": ({"batch_size": 512}, "w8 b512"),
+    "20 px": ({"image_size": 20}, "w8 20px"),
+    "vflip+invert": ({"context": ["vflip", "invert"]}, "w8 vflip+invert"),
+    "invert": ({"context": "invert"}, "w8"),
+    # two factors at once: on this CPU a wider network costs less per image in batches of
+    # 128 (cost-cpu-frontier.json), so width 16 is also tried where it is cheapest
+    "width 16 + batch 128": ({"base_width": 16, "batch_size": 128}, "w16 b128"),
+}
+VIEW_COUNTS = (8, 16)
+
+
+def level_settings(level: str, budget: float, costs: dict) -> dict:
+    """Detector settings of a level at ``budget`` seconds of training per class."""
+    change, cost_row = LEVELS[level]
+    per_epoch = costs[cost_row]["seconds_per_epoch_6000"]
+    return {**BASE, **change, "n_epochs": max(1, round(budget / per_epoch))}
+
+
+def main(
+    classes: tuple = (0, 2, 5, 6),
+    seeds: tuple = (0,),
+    levels: tuple = tuple(LEVELS),
+    budget: float = 180.0,
+    costs: str | None = None,
+    data: str | None = None,
+    out: str | None = None,
+    write_readme: bool = False,
+) -> dict:
+    """Run what the results file does not hold yet; return (and save) all its results."""
+    cost_path = Path(costs) if costs else ROOT / "results" / "cost-cpu-frontier.json"
+    cost_rows = json.loads(cost_path.read_text())["rows"]
+    plan = {level: level_settings(level, budget, cost_rows) for level in levels}
+    out_path = Path(out) if out else ROOT / "results" / "frontier-study.json"
+    identity = {"preset": "frontier-study", "settings": {"budget_seconds": budget, **BASE},
+                "n_train": None}  # fmt: skip
+    results = ResultsFile(out_path, identity)
+    units = [(c, s, level) for c in classes for s in seeds for level in levels]
+    todo = [u for u in units if not results.has(*u)]
+    print(f"{len(units) - len(todo)} of {len(units)} fits already in {out_path}; "
+          f"{len(todo)} to run", flush=True)  # fmt: skip
+    results.start_run(command_line(classes, seeds, levels, budget, out))
+    results.data["levels"] = plan
+    X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
+    clock = Eta(todo)
+    for cls, seed, level in todo:
+        if not results.has_row(cls, seed):
+            results.add_row(cls, seed, n_train=int(np.sum(y_train == cls)))
+        settings = dict(plan[level])
+        context = settings.pop("context")
+        is_normal = np.where(y_test == cls, 1, -1)
+        started = time.perf_counter()
+        result = run_con2(X_train_all[y_train == cls], X_test, is_normal, context, settings,
+                          seed, VIEW_COUNTS)  # fmt: skip
+        results.add(cls, seed, level, {**result, "n_epochs": settings["n_epochs"]})
+        eta = clock.tick(level, time.perf_counter() - started)
+        print(f"class {cls} seed {seed} {level}: nnd {result['nnd']:.3f}, lh "
+              f"{result['lh']:.3f} ({settings['n_epochs']} epochs); {eta}", flush=True)  # fmt: skip
+    final = results.finish()
+    if write_readme:
+        render_block(ROOT / "README.md", "frontier-study", readme_text(final))
+    return final
+
+
+def command_line(classes, seeds, levels, budget, out) -> str:
+    parts = ["python benchmarks/frontier.py", "--classes " + " ".join(map(str, classes)),
+             "--seeds " + " ".join(map(str, seeds)), f"--budget {budget:g}"]  # fmt: skip
+    if tuple(levels) != tuple(LEVELS):
+        parts.append("--levels " + " ".join(f'"{lv}"' for lv in levels))
+    if out is not None:
+        parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
+def cells(rows, level: str, key: tuple) -> list:
+    """AUROCs of ``level`` for every (class, seed) that has it, at ``key`` in its result."""
+    found = []
+    for row in rows:
+        value = row.get(level)
+        for part in key:
+            value = None if value is None else value.get(part)
+        if value is not None:
+            found.append(((row["class"], row["seed"]), value))
+    return found
+
+
+def readme_text(results) -> str:
+    """Markdown: per level, the mean AUROC and its paired difference from the base."""
+    rows = results["rows"]
+    plan = results["levels"]
+    pairs = sorted({(r["class"], r["seed"]) for r in rows})
+    lines = [
+        f"Run {results['date']} to {results['updated']} on {results['hardware']}, code at "
+        f"commit {results['commit']}; {results['settings']['budget_seconds']:g} s of "
+        "training per class and level (2 CPU threads, priced by "
+        "`results/cost-cpu-frontier.json`); classes "
+        f"{', '.join(f'{c} {FASHION_MNIST_CLASSES[c]}' for c in sorted({c for c, _ in pairs}))}"
+        f"; seeds {sorted({s for _, s in pairs})}. AUROC in %: mean over (class, seed) and, "
+        "in brackets, the mean paired difference from the base with its standard error.",
+        "",
+        *(f"    {c}" for c in results["commands"]),
+        "",
+        "| level | epochs | training s (measured) | nnd, 40 views | lh, 40 views | lh, 16 views "
+        "| lh, 8 views | fits |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for level in plan:
+        if not any(level in r for r in rows):
+            continue
+        columns = []
+        for key in (("nnd",), ("lh",), ("views=16", "lh"), ("views=8", "lh")):
+            mine = dict(cells(rows, level, key))
+            base = dict(cells(rows, "base", key))
+            if not mine:
+                columns.append("-")
+                continue
+            mean = 100 * np.mean(list(mine.values()))
+            shared = [p for p in mine if p in base]
+            if level == "base" or not shared:
+                columns.append(f"{mean:.1f}")
+                continue
+            diffs = 100 * np.array([mine[p] - base[p] for p in shared])
+            se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
+            columns.append(f"{mean:.1f} ({diffs.mean():+.1f} ± {se:.1f})")
+        n = len(cells(rows, level, ("lh",)))
+        seconds = np.median([v for _, v in cells(rows, level, ("fit_seconds",))])
+        lines.append(f"| {level} | {plan[level]['n_epochs']} | {seconds:.0f} | "
+                     + " | ".join(columns) + f" | {n} |")  # fmt: skip
+    lines += ["", "Per class (lh, 40 views, mean over seeds):", ""]
+    classes = sorted({c for c, _ in pairs})
+    lines.append("| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)
+                 + " |")  # fmt: skip
+    lines.append("|---" * (len(classes) + 1) + "|")
+    for level in plan:
+        values = dict(cells(rows, level, ("lh",)))
+        if not values:
+            continue
+        per_class = [[v for (c, _), v in values.items() if c == cls] for cls in classes]
+        lines.append(f"| {level} | " + " | ".join(
+            f"{100 * np.mean(v):.1f}" if v else "-" for v in per_class) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[0, 2, 5, 6])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--budget", type=float, default=180.0,
+                        help="seconds of training per class (2 CPU threads)")  # fmt: skip
+    parser.add_argument("--costs", default=None, help="cost.py --group frontier JSON")
+    parser.add_argument("--data", default=None, help="folder of the Fashion-MNIST IDX files")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    main(**{**vars(args), "classes": tuple(args.classes), "seeds": tuple(args.seeds),
+            "levels": tuple(args.levels)})  # fmt: skip
