@@ -43,6 +43,7 @@ from con2.scorers import SCORERS, resolve_scorer
 
 AUTO_CONTAMINATION = 0.01  # what contamination="auto" means: a 1% false-positive target
 _CHECK_SAMPLES = 256  # images check_context looks at during fit
+_SCORING_CHUNK = 2048  # most images embedded and scored at once (scores do not depend on it)
 _TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_")
 
 
@@ -471,9 +472,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
     def _score(self, images) -> np.ndarray:
         exclude = None if self._train_index is None else self._train_index.lookup(images)
-        # images per scorer call: their embeddings fit in scikit-learn's working_memory
+        # Images per scorer call: their embeddings fit in scikit-learn's working_memory,
+        # and at most _SCORING_CHUNK of them, so memory does not grow with the data.
         megabytes = get_config()["working_memory"]
-        chunk = max(1, megabytes * 2**20 // (4 * len(self.views_) * self._embed_dim()))
+        per_image = 4 * len(self.views_) * self._embed_dim()
+        chunk = max(1, min(_SCORING_CHUNK, megabytes * 2**20 // per_image))
         forward = self._forward_size(self.device_)
         scores, start = [], 0
         while start < images.shape[0]:

@@ -207,7 +207,7 @@ class GaussianScorer(BaseEstimator):
 
     def _fit_view(self, view: Tensor):
         n_samples = view.shape[0]
-        mean, emp_cov, fourth = _moments(view, max(1, _budget(None) // (2 * view.shape[1])))
+        mean, emp_cov, fourth = _moments(view, _rows(2 * view.shape[1]))
         mu = torch.diagonal(emp_cov).mean()  # trace / dim
         if self.shrinkage == "ledoit-wolf":
             shrinkage = _ledoit_wolf_shrinkage(emp_cov, mu, fourth, n_samples)
@@ -254,7 +254,7 @@ class GaussianScorer(BaseEstimator):
         chol = self.cholesky_.to(device)
         mean = self.mean_.to(device)
         logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)
-        rows = max(1, _budget(None) // (3 * dim))  # diff, its solve, and the float64 copy
+        rows = _rows(3 * dim)  # diff, its solve, and the float64 copy
         scores = torch.zeros(n_queries, dtype=torch.float64, device=device)
         for view in range(n_views):
             for q0 in range(0, n_queries, rows):
@@ -273,7 +273,7 @@ class GaussianScorer(BaseEstimator):
         if self.n_samples_ < 3:
             raise ValueError("Leave-one-out scores need at least 3 training images.")
         device = embeddings.device
-        rows = max(1, _budget(None) // (4 * dim))
+        rows = _rows(4 * dim)
         scores = torch.zeros(n_queries, dtype=torch.float64, device=device)
         for view in range(n_views):
             cholesky = self.cholesky_[view].to(device)
@@ -394,6 +394,19 @@ def _check_embeddings(embeddings: Tensor, reference: Tensor | None = None) -> No
                 f"{embeddings.shape[2]}, but the scorer was fitted on {n_views} views of "
                 f"dimension {dim}."
             )
+
+
+def _rows(values_per_row: int) -> int:
+    """Rows per chunk of the Gaussian scorer: within ``working_memory``, at most 4096.
+
+    The cap keeps the working set of fitting and scoring independent of the number of
+    samples long before ``working_memory`` (1 GiB by default) is reached; per-row work
+    is a matrix product either way, so small chunks cost nothing measurable.
+    """
+    return max(1, min(_MAX_ROWS, _budget(None) // values_per_row))
+
+
+_MAX_ROWS = 4096
 
 
 def _budget(working_memory) -> int:

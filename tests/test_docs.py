@@ -58,6 +58,18 @@ def test_fashion_mnist_example_saves_its_figures(tmp_path):
         assert (tmp_path / f"fashion_mnist_{name}.png").stat().st_size > 5000
 
 
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(),
+    reason="needs the Fashion-MNIST IDX files (apt-get install -y dataset-fashion-mnist)",
+)
+def test_folders_example_trains_from_files_and_scores_with_the_cli(tmp_path):
+    out = run_example("folders.py", "--out", str(tmp_path))
+    assert "AUROC" in out and "scores equal the 8-bit PNG model's: True" in out
+    header = (tmp_path / "scores.csv").read_text().splitlines()[0]
+    assert header == "path,score,decision,label"
+    assert len(list((tmp_path / "train_tif16").glob("*.tif"))) == 64
+
+
 def test_readme_examples_print_what_the_readme_says():
     failures, attempted = doctest.testfile(
         str(ROOT / "README.md"), module_relative=False, optionflags=doctest.ELLIPSIS
