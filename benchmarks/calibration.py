@@ -1,0 +1,165 @@
+"""Do thresholds hold on unseen normal images? False-positive rates per threshold rule.
+
+For each Fashion-MNIST class, the class's 6000 training images are shuffled (seed 0) into
+a training part (2000), and 1000 further images of the training distribution that no
+model sees ("held-out training normals"). Two fits per class:
+
+- **all**: trained on the 2000 images. Thresholds from their scores: in-sample (the
+  Gaussian's old rule), leave-one-out (``nnd`` always; ``lh`` since this benchmark).
+- **split**: trained on 1600 of them; the other 400 are a calibration set neither the
+  encoder nor the scorer has seen (``calibration_size=0.2``).
+
+Each threshold is the c-quantile of its scores (``contamination=c``); the table gives the
+share of the class's 1000 test images (unseen normals) it flags, and the same on the
+held-out training normals. A rule that holds on held-out training normals but not on the
+test images points at a difference between Fashion-MNIST's training and test images
+that no calibration on training images can see.
+
+    python benchmarks/calibration.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from oneclass import NOMINAL_RATES, git_commit, hardware, render_block
+from sklearn.metrics import roc_auc_score
+
+from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
+from con2._input import validate_images
+from con2._training import embed_views
+from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+ROOT = Path(__file__).resolve().parent
+SETTINGS = dict(
+    context="vflip", base_width=8, n_epochs=5, batch_size=128, n_test_augmentations=8
+)  # fmt: skip  (shared/notes/thresholds-measured.md)
+
+
+def embed(det, X):
+    images = validate_images(det, X, reset=False)
+    return embed_views(det.encoder_, images, det.views_, det._forward_size(det.device_),
+                       det.device_)  # fmt: skip
+
+
+def fit_and_embed(X_train, others: dict, seed: int, settings: dict):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        det = Con2Detector(random_state=seed, **settings).fit(X_train)
+    z_train = embed(det, X_train)
+    return {"train": z_train, **{k: embed(det, X) for k, X in others.items()}}
+
+
+def rates(threshold_scores, scores_by_set: dict) -> dict:
+    """Share of each set below the c-quantile of ``threshold_scores``, per nominal c."""
+    return {name: {str(c): float(np.mean(scores < np.percentile(threshold_scores, 100 * c)))
+                   for c in NOMINAL_RATES} for name, scores in scores_by_set.items()}  # fmt: skip
+
+
+def run_class(cls, X_class, X_test, is_normal, seed, settings) -> dict:
+    order = np.random.default_rng(0).permutation(len(X_class))
+    train, held = X_class[order[:2000]], X_class[order[2000:3000]]
+    result = {}
+    z = fit_and_embed(train, {"test": X_test, "held": held}, seed, settings)
+    everyone = torch.arange(2000)
+    for name, scorer in (("nnd", NearestNeighborScorer()), ("lh", GaussianScorer())):
+        scorer.fit(z["train"])
+        test, held_scores = (scorer.score_samples(z[k]).numpy() for k in ("test", "held"))
+        sets = {"test": test[is_normal == 1], "held": held_scores}
+        result[f"{name} auroc all"] = roc_auc_score(is_normal, test)
+        result[f"{name} leave-one-out"] = rates(scorer.score_samples(z["train"], everyone).numpy(),
+                                                sets)  # fmt: skip
+        if name == "lh":
+            result["lh in-sample"] = rates(scorer.score_samples(z["train"]).numpy(), sets)
+    z = fit_and_embed(train[:1600], {"test": X_test, "held": held, "calib": train[1600:]},
+                      seed, settings)  # fmt: skip
+    for name, scorer in (("nnd", NearestNeighborScorer()), ("lh", GaussianScorer())):
+        scorer.fit(z["train"])
+        test, held_scores, calib = (scorer.score_samples(z[k]).numpy()
+                                    for k in ("test", "held", "calib"))  # fmt: skip
+        result[f"{name} auroc split"] = roc_auc_score(is_normal, test)
+        result[f"{name} split"] = rates(calib, {"test": test[is_normal == 1], "held": held_scores})
+    return result
+
+
+def main(classes: tuple = tuple(range(10)), seed: int = 0, data: str | None = None,
+         out: str | None = None, write_readme: bool = False) -> dict:  # fmt: skip
+    X_train, y_train, X_test, y_test = load_fashion_mnist(data)
+    out_path = Path(out) if out else ROOT / "results" / "calibration-cpu.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {"rows": {}}
+    results.update(date=date.today().isoformat(), hardware=hardware(), commit=git_commit(),
+                   settings=SETTINGS, seed=seed,
+                   command=f"python benchmarks/calibration.py --classes "
+                   f"{' '.join(map(str, classes))} --seed {seed}")  # fmt: skip
+    for cls in classes:
+        if str(cls) in results["rows"]:
+            continue
+        started = time.perf_counter()
+        is_normal = np.where(y_test == cls, 1, -1)
+        row = run_class(cls, X_train[y_train == cls], X_test, is_normal, seed, SETTINGS)
+        results["rows"][str(cls)] = row
+        out_path.write_text(json.dumps(results, indent=1))  # one class at a time
+        print(f"class {cls}: lh in-sample {row['lh in-sample']['test']}, lh leave-one-out "
+              f"{row['lh leave-one-out']['test']} ({time.perf_counter() - started:.0f} s)",
+              flush=True)  # fmt: skip
+    if write_readme:
+        render_block(ROOT / "README.md", "calibration-cpu", readme_text(results))
+    return results
+
+
+RULES = ("nnd leave-one-out", "nnd split", "lh in-sample", "lh leave-one-out", "lh split")
+
+
+def readme_text(results) -> str:
+    rows = results["rows"]
+    lines = [
+        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}; "
+        f"{', '.join(f'{k}={v}' for k, v in results['settings'].items())}, seed "
+        f"{results['seed']}; {len(rows)} classes. Share of unseen normal images flagged, "
+        "mean over classes (ratio to the nominal rate in brackets).",
+        "",
+        f"    {results['command']}",
+        "",
+        "| threshold rule | images | " + " | ".join(f"c = {c}" for c in NOMINAL_RATES) + " |",
+        "|---|---|" + "---|" * len(NOMINAL_RATES),
+    ]
+    for rule in RULES:
+        for where, label in (("test", "test set"), ("held", "held-out training")):
+            cells = []
+            for c in NOMINAL_RATES:
+                mean = np.mean([row[rule][where][str(c)] for row in rows.values()])
+                cells.append(f"{mean:.3f} ({mean / c:.2f})")
+            lines.append(f"| {rule} | {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "AUROC (%) with all 2000 training images and with 1600 (400 set aside):",
+        "",
+        "| class | nnd all | nnd split | lh all | lh split |",
+        "|---|---|---|---|---|",
+    ]
+    for cls, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {cls} {FASHION_MNIST_CLASSES[int(cls)]} | " + " | ".join(
+            f"{100 * row[k]:.1f}" for k in ("nnd auroc all", "nnd auroc split",
+                                            "lh auroc all", "lh auroc split")) + " |")  # fmt: skip
+    means = [np.mean([row[k] for row in rows.values()]) for k in
+             ("nnd auroc all", "nnd auroc split", "lh auroc all", "lh auroc split")]  # fmt: skip
+    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    main(**{**vars(args), "classes": tuple(args.classes)})
