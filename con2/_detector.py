@@ -101,9 +101,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         Number ``A`` of fixed test-time augmentations, split evenly over the contexts
         (the paper uses 40). Scoring cost grows linearly with it.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Share of training images to flag, which sets ``offset_`` from the training scores
-        (leave-one-out for ``"nnd"``: no image is its own neighbour). ``"auto"`` means
-        0.01, a false-positive rate of about 1% on normal images.
+        The false-positive rate to aim for on new normal images: ``offset_`` is this
+        quantile of the calibration scores (``calibration_scores_``). ``"auto"`` means
+        0.01. :meth:`set_threshold` moves it later without refitting.
     device : str, default="auto"
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
     compile : bool, default=False
@@ -142,7 +142,12 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     views_ : TestTimeViews
         The fixed test-time augmentations.
     offset_ : float
-        ``decision_function = score_samples - offset_``.
+        ``decision_function = score_samples - offset_``; set by ``contamination`` or
+        :meth:`set_threshold`.
+    calibration_scores_ : ndarray of shape (n_samples,), float64
+        Leave-one-out scores of the training images: each scored by a scorer fitted
+        without it (no image is its own nearest neighbour, nor part of its own mean and
+        covariance). They set ``offset_`` and give :meth:`p_values`.
     loss_curve_ : list of float
         Mean training loss of each epoch.
     image_shape_ : tuple of int
@@ -361,6 +366,88 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             for images in scoring_batches(self, X)
         ])  # fmt: skip
 
+    def set_threshold(self, fpr):
+        """Move ``offset_`` so that about ``fpr`` of new normal images are flagged.
+
+        The new threshold flags exactly the images whose :meth:`p_values` are at most
+        ``fpr``; ``predict`` and ``decision_function`` follow it. No refitting.
+
+        Parameters
+        ----------
+        fpr : float in (0, 1)
+            The false-positive rate to allow. With ``n`` calibration scores, rates below
+            ``1 / (n + 1)`` cannot be told apart from 0 and are refused.
+
+        Returns
+        -------
+        self : Con2Detector
+        """
+        check_is_fitted(self, "calibration_scores_")
+        n = len(self.calibration_scores_)
+        if not isinstance(fpr, Real) or isinstance(fpr, bool) or not 0 < fpr < 1:
+            raise ValueError(f"fpr must be a number in (0, 1); got {fpr!r}.")
+        if fpr < 1 / (n + 1):
+            raise ValueError(
+                f"fpr={fpr:g} is below 1/(n+1) = {1 / (n + 1):.3g}, the smallest rate {n} "
+                "calibration scores can resolve; allow a larger rate or train on more images."
+            )
+        # Flag x iff p(x) <= fpr, i.e. iff fewer than k + 1 calibration scores are <= s(x),
+        # i.e. iff s(x) < the (k + 1)-th smallest calibration score.
+        k = int(np.floor(fpr * (n + 1) + 1e-9)) - 1
+        self.offset_ = float(np.sort(self.calibration_scores_)[k])
+        return self
+
+    def p_values(self, X):
+        """Conformal p-value of each image's score against the calibration scores.
+
+        ``p = (1 + #{calibration scores <= score}) / (n + 1)``: small means unusual. If a
+        new normal image and the ``n`` calibration images are exchangeable (drawn alike,
+        scored alike), ``P(p <= a) <= a`` for every ``a``: flagging ``p <= a`` flags at
+        most a share ``a`` of normal images, on average. The calibration scores here are
+        leave-one-out scores of the training images; the encoder has seen those images,
+        so exchangeability, and the guarantee, are approximate: ``benchmarks/calibration.py``
+        measures how closely the promised rates hold on unseen normal images.
+
+        Parameters
+        ----------
+        X : array-like of images, folder or list of image files
+            As in :meth:`score_samples`.
+
+        Returns
+        -------
+        p_values : ndarray of shape (n_samples,), float64, in (0, 1]
+        """
+        check_is_fitted(self, "calibration_scores_")
+        calibration = np.sort(self.calibration_scores_)
+        below = np.searchsorted(calibration, self.score_samples(X), side="right")
+        return (1.0 + below) / (len(calibration) + 1.0)
+
+    def export(self, path, format="onnx"):
+        """Write the scoring path as one graph: ``uint8`` images in, verdicts out.
+
+        The graph's input ``images`` has shape (batch_size, n_channels, height, width) at
+        ``image_shape_``, any batch size, ``uint8`` (``float32`` in ``value_range`` for
+        models with another range); its outputs ``score``, ``decision`` and ``label`` are
+        what :meth:`score_samples`, :meth:`decision_function` and :meth:`predict` return
+        for new images. Everything between is in the graph: scaling, every test-time view
+        with its context, the network, the scorer, the mean and the threshold. Files must
+        be decoded and resized to the image shape before (see the README). The graph
+        scores every image as new: the leave-one-out treatment of training images stays
+        in Python. The file's metadata holds the con2 version, parameters, image shape,
+        value range, contexts, scorer, threshold and date.
+
+        Parameters
+        ----------
+        path : str or path-like
+        format : {"onnx", "pt2"}, default="onnx"
+            ``"onnx"`` (needs ``pip install 'con2[export]'``) for ONNX Runtime and other
+            runtimes; ``"pt2"`` writes the same module with ``torch.export``.
+        """
+        check_is_fitted(self)
+        from con2.export import export
+
+        export(self, path, format)
+
     def save(self, path):
         """Write the fitted detector to ``path`` in con2's weights-only format.
 
@@ -427,6 +514,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, previous + losses
         self.n_samples_fit_ = n_samples
         self._train_index = TrainingIndex(images) if loo else None
+        self.calibration_scores_ = scores
         self.offset_ = float(np.percentile(scores, 100 * contamination))
         return scores
 

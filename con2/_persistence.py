@@ -70,6 +70,7 @@ def save(detector, path) -> None:
         "views": {f.name: getattr(detector.views_.params, f.name) for f in fields(AugmentParams)},
         "view_contexts": detector.views_.view_contexts,
         "train_index": _index_to_tensors(detector._train_index),
+        "calibration_scores": torch.from_numpy(np.asarray(detector.calibration_scores_)),
     }
     torch.save(payload, path)
 
@@ -96,6 +97,7 @@ def read(path) -> tuple[dict, dict, dict]:
             f"{payload.get('con2_version')}); con2 {__version__} reads version "
             f"{FORMAT_VERSION}. Load it with the con2 version that wrote it."
         )
+    _warn_if_other_version(path, payload.get("con2_version"))
     params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
     spec = params["scorer"]
     params["scorer"] = SCORERS[spec["name"]](**spec["params"])
@@ -103,6 +105,22 @@ def read(path) -> tuple[dict, dict, dict]:
         if params.get(key) is not None:
             params[key] = tuple(params[key])
     return params, fitted, payload
+
+
+def _warn_if_other_version(path, written_by) -> None:
+    """Warn when the file comes from another major or minor version of con2."""
+
+    def major_minor(version):
+        return tuple(str(version).split(".")[:2])
+
+    if written_by is None or major_minor(written_by) != major_minor(__version__):
+        warnings.warn(
+            f"{path} was written by con2 {written_by}; this is con2 {__version__}. The "
+            "format is the same, but what the model computes may differ between versions: "
+            "check its scores, or refit.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def restore(detector, payload: dict, fitted: dict, device=None) -> None:
@@ -142,6 +160,8 @@ def _restore(detector, payload, fitted, device) -> None:
     detector.n_samples_fit_ = fitted.get("n_samples_fit_")  # absent from older files
     detector.device_ = device
     detector._train_index = _index_from_tensors(payload["train_index"])
+    if payload.get("calibration_scores") is not None:  # absent from older files
+        detector.calibration_scores_ = payload["calibration_scores"].numpy()
 
 
 def _check_builtin(detector) -> None:
@@ -179,6 +199,8 @@ def _plain(key, value):
         return name
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if key == "scorer":
         return None  # replaced by the scorer's name and parameters
     raise TypeError(f"save() cannot store parameter {key}={value!r}.")

@@ -182,8 +182,17 @@ class TestTimeViews:
         stacked = context_images(x, self.contexts)  # ((n_contexts + 1) * batch_size, ...)
         images = stacked.view(len(self.contexts) + 1, batch_size, *x.shape[1:])
         views = images[self.view_contexts].flatten(0, 1)
-        params = self.params.map(lambda t: t.repeat_interleave(batch_size, dim=0))
+        params = self.params.map(lambda t: _per_image(t, batch_size))
         return normalize(self.augment.apply(views, params))
+
+
+def _per_image(t: Tensor, batch_size) -> Tensor:
+    """``t.repeat_interleave(batch_size, dim=0)``, written so that it exports.
+
+    With a dynamic batch, ``repeat_interleave`` exports to ONNX but fails inside ONNX
+    Runtime (dynamo exporter, torch 2.14); expanding a new axis computes the same.
+    """
+    return t.unsqueeze(1).expand(t.shape[0], batch_size, *t.shape[1:]).flatten(0, 1)
 
 
 def make_test_time_views(

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(commands)
     _add_check_context(commands)
     _add_info(commands)
+    _add_export(commands)
     return parser
 
 
@@ -123,9 +124,27 @@ def _add_check_context(commands) -> None:
 
 
 def _add_info(commands) -> None:
-    sub = _subparser(commands, "info", "Show what a saved model holds.")
-    sub.add_argument("model", metavar="MODEL", help="a model saved by `con2 fit`")
+    sub = _subparser(commands, "info", "Show what a saved or exported model holds.")
+    sub.add_argument("model", metavar="MODEL",
+                     help="a model saved by `con2 fit`, or a .onnx / .pt2 export")  # fmt: skip
     sub.set_defaults(run=_info)
+
+
+def _add_export(commands) -> None:
+    sub = _subparser(commands, "export", "Export a saved model as one ONNX or torch.export graph")
+    sub.add_argument("model", metavar="MODEL", help="a model saved by `con2 fit`")
+    sub.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                     help="onnx (needs the export extra) or pt2 (default: onnx)")  # fmt: skip
+    sub.add_argument("--out", required=True, metavar="FILE", help="where to write the graph")
+    sub.set_defaults(run=_export)
+
+
+def _export(args) -> int:
+    detector = load(args.model, device="cpu")
+    detector.export(args.out, format=args.format)
+    shape = "x".join(map(str, detector.image_shape_))
+    print(f"con2: wrote {args.out} (input `images`: N x {shape})", file=sys.stderr)
+    return 0
 
 
 def estimator_options() -> dict:
@@ -260,6 +279,15 @@ def _check_context(args) -> int:
 
 def _info(args) -> int:
     from con2 import _persistence
+
+    if str(args.model).endswith((".onnx", ".pt2")):
+        from con2.export import read_metadata
+
+        found = read_metadata(args.model)
+        width = max(map(len, found))
+        for key, value in found.items():
+            print(f"{key:<{width}}  {value}")
+        return 0
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a CUDA model shown on a CPU machine

@@ -24,11 +24,19 @@ from typing import Protocol, runtime_checkable
 import torch
 from sklearn import get_config
 from sklearn.base import BaseEstimator
-from torch import Tensor
+from torch import Tensor, nn
 
 from con2._compat import Interval, StrOptions
 
-__all__ = ["SCORERS", "GaussianScorer", "NearestNeighborScorer", "Scorer", "resolve_scorer"]
+__all__ = [
+    "SCORERS",
+    "GaussianHead",
+    "GaussianScorer",
+    "NearestNeighborHead",
+    "NearestNeighborScorer",
+    "Scorer",
+    "resolve_scorer",
+]
 
 
 @runtime_checkable
@@ -58,7 +66,7 @@ class NearestNeighborScorer(BaseEstimator):
 
     Keeps a memory bank of all training embeddings, one per view: memory grows as
     ``n_views * n_samples * embed_dim``. The search is exact, by matrix products over
-    chunks of the bank sized to ``working_memory``.
+    chunks of the bank, a chunk of queries at a time sized to ``working_memory``.
 
     Parameters
     ----------
@@ -116,33 +124,65 @@ class NearestNeighborScorer(BaseEstimator):
         Tensor of shape (n_samples,), float64
         """
         _check_embeddings(embeddings, self.bank_)
-        n_views, n_queries, dim = embeddings.shape
-        n_bank = self.bank_.shape[1]
-        # Similarities in float64: float32 products would depend in the last bits on how
-        # many queries share a matrix product, and so would a score on its batch.
-        budget = _budget(self.working_memory)
-        bank_rows = max(1, min(n_bank, budget // (4 * dim)))
-        query_rows = max(1, (budget - bank_rows * dim) // (bank_rows + dim))
-        scores = torch.zeros(n_queries, dtype=torch.float64, device=embeddings.device)
+        head = self.head()
+        # queries per call: their similarities to one bank chunk fit in working_memory
+        rows = max(1, _budget(self.working_memory) // (head.chunk_rows + embeddings.shape[2]))
         if exclude is not None:
             exclude = exclude.to(embeddings.device)  # once, not per chunk
-        for view in range(n_views):
-            for q0 in range(0, n_queries, query_rows):
-                queries = embeddings[view, q0 : q0 + query_rows].double()
-                part = None if exclude is None else exclude[q0 : q0 + query_rows]
-                scores[q0 : q0 + query_rows] += self._best(view, queries, part, bank_rows)
-        return scores / n_views
+        parts = [
+            head(
+                embeddings[:, q0 : q0 + rows], None if exclude is None else exclude[q0 : q0 + rows]
+            )
+            for q0 in range(0, embeddings.shape[1], rows)
+        ]
+        return torch.cat(parts)
 
-    def _best(self, view: int, queries: Tensor, exclude, bank_rows: int) -> Tensor:
-        """Maximum similarity of each query to the bank of one view, chunk by chunk."""
-        best = torch.full((len(queries),), -math.inf, dtype=torch.float64, device=queries.device)
-        for start in range(0, self.bank_.shape[1], bank_rows):
-            bank = self.bank_[view, start : start + bank_rows].to(queries.device, torch.float64)
-            sims = queries @ bank.T  # (n_queries, bank_rows)
-            if exclude is not None:
-                _mask_excluded(sims, exclude, start, start + len(bank))
-            best = torch.maximum(best, sims.amax(dim=1))
-        return best
+    def head(self) -> NearestNeighborHead:
+        """Return the scoring function as a module without loops over queries (exportable)."""
+        return NearestNeighborHead(self.bank_)
+
+
+class NearestNeighborHead(nn.Module):
+    """Mean over views of the maximum cosine similarity to the bank of that view.
+
+    Loops only over the views and over fixed chunks of ``chunk_rows`` bank rows, never over
+    queries, so the same code scores in Python (the caller chunks the queries) and exports
+    with a dynamic batch. Similarities are float64: float32 products would depend in the
+    last bits on how many queries share a matrix product, and so would a score on its
+    batch.
+
+    Parameters
+    ----------
+    bank : Tensor of shape (n_views, n_bank, embed_dim)
+        Shared, not copied.
+    chunk_rows : int, default=4096
+        Bank rows per matrix product.
+    """
+
+    def __init__(self, bank: Tensor, chunk_rows: int = 4096):
+        super().__init__()
+        self.register_buffer("bank", bank, persistent=False)
+        self.chunk_rows = chunk_rows
+
+    def forward(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """Scores (n_queries,), float64, of embeddings (n_views, n_queries, embed_dim).
+
+        ``exclude[q]`` names a bank index query ``q`` may not match (-1: none).
+        """
+        n_views, n_bank = self.bank.shape[:2]
+        total = None
+        for view in range(n_views):
+            queries = embeddings[view].double()
+            best = None
+            for start in range(0, n_bank, self.chunk_rows):
+                chunk = self.bank[view, start : start + self.chunk_rows].to(queries)
+                sims = queries @ chunk.T  # (n_queries, chunk_rows)
+                if exclude is not None:
+                    _mask_excluded(sims, exclude, start, start + chunk.shape[0])
+                nearest = sims.amax(dim=1)
+                best = nearest if best is None else torch.maximum(best, nearest)
+            total = best if total is None else total + best
+        return total / n_views
 
 
 class GaussianScorer(BaseEstimator):
@@ -249,22 +289,18 @@ class GaussianScorer(BaseEstimator):
 
     def _score_new(self, embeddings: Tensor) -> Tensor:
         _check_embeddings(embeddings, self.mean_)
-        n_views, n_queries, dim = embeddings.shape
-        device = embeddings.device
-        chol = self.cholesky_.to(device)
-        mean = self.mean_.to(device)
-        logdet = 2 * torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(dim=1)
-        rows = _rows(3 * dim)  # diff, its solve, and the float64 copy
-        scores = torch.zeros(n_queries, dtype=torch.float64, device=device)
-        for view in range(n_views):
-            for q0 in range(0, n_queries, rows):
-                diff = embeddings[view, q0 : q0 + rows].double() - mean[view]
-                # y = L^-1 (z - mean); squared Mahalanobis distance = ||y||^2
-                y = torch.linalg.solve_triangular(chol[view], diff.T, upper=False)
-                mahalanobis = (y**2).sum(dim=0)
-                log_density = -0.5 * (mahalanobis + logdet[view] + dim * math.log(2 * math.pi))
-                scores[q0 : q0 + rows] += log_density
-        return scores / n_views
+        head = self.head().to(embeddings.device)
+        rows = _rows(3 * embeddings.shape[2])  # diff, its product, and the float64 copy
+        return torch.cat([head(embeddings[:, q0 : q0 + rows])
+                          for q0 in range(0, embeddings.shape[1], rows)])  # fmt: skip
+
+    def head(self) -> GaussianHead:
+        """Return the scoring function as a module without loops over queries (exportable)."""
+        identity = torch.eye(self.cholesky_.shape[-1], dtype=self.cholesky_.dtype,
+                             device=self.cholesky_.device).expand_as(self.cholesky_)  # fmt: skip
+        inverse = torch.linalg.solve_triangular(self.cholesky_, identity, upper=False)
+        logdet = 2 * torch.log(torch.diagonal(self.cholesky_, dim1=1, dim2=2)).sum(dim=1)
+        return GaussianHead(self.mean_, inverse, logdet)
 
     def _score_left_out(self, embeddings: Tensor) -> Tensor:
         """Leave-one-out scores of training embeddings, shape (n_views, n_queries, dim)."""
@@ -284,6 +320,40 @@ class GaussianScorer(BaseEstimator):
                 z = embeddings[view, q0 : q0 + rows].to(device, torch.float64)
                 scores[q0 : q0 + rows] += _left_out_log_density(z, *statistics)
         return scores / n_views
+
+
+class GaussianHead(nn.Module):
+    """Mean over views of the Gaussian log-density, by a stored inverse Cholesky factor.
+
+    ``y = L^-1 (z - mean)`` is a matrix product with the inverse factor (a triangular solve
+    has no ONNX form; the two agree to about 1e-14), and the squared Mahalanobis distance
+    is ``||y||^2``. Loops only over views, never over queries.
+
+    Parameters
+    ----------
+    mean : Tensor of shape (n_views, embed_dim), float64
+    inverse_cholesky : Tensor of shape (n_views, embed_dim, embed_dim), float64
+    logdet : Tensor of shape (n_views,), float64
+        Log-determinant of each view's covariance.
+    """
+
+    def __init__(self, mean: Tensor, inverse_cholesky: Tensor, logdet: Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("inverse_cholesky", inverse_cholesky, persistent=False)
+        self.register_buffer("logdet", logdet, persistent=False)
+
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """Scores (n_queries,), float64, of embeddings (n_views, n_queries, embed_dim)."""
+        n_views, _, dim = embeddings.shape
+        constant = dim * math.log(2 * math.pi)
+        total = None
+        for view in range(n_views):
+            diff = embeddings[view].double() - self.mean[view]
+            y = diff @ self.inverse_cholesky[view].T
+            log_density = -0.5 * ((y**2).sum(dim=1) + self.logdet[view] + constant)
+            total = log_density if total is None else total + log_density
+        return total / n_views
 
 
 def _left_out_log_density(z, mean, eigen, shrinkage, scale, n_samples):

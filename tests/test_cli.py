@@ -130,13 +130,22 @@ def test_check_context_and_info_print_tables(fitted):
         assert text in info
 
 
+def test_export_and_info_of_the_exported_file(fitted, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, model, _ = fitted
+    done = run("export", model, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert "input `images`: N x 1x16x16" in done.stderr
+    info = run("info", tmp_path / "m.onnx").stdout
+    assert "con2_version" in info and '"base_width": 4' in info and "threshold" in info
+
+
 def test_every_estimator_parameter_is_a_documented_fit_option():
     parser = cli.build_parser()
     fit_help = parser._subparsers._group_actions[0].choices["fit"].format_help()
     for name in Con2Detector().get_params():
         assert f"--{name.replace('_', '-')}" in fit_help
     assert "Passes over the training images" in fit_help  # from the class docstring
-    for command in ("score", "check-context", "info"):
+    for command in ("score", "check-context", "info", "export"):
         assert run(command, "--help").returncode == 0
 
 
