@@ -175,3 +175,25 @@ def test_the_readme_deployment_snippet_runs_without_torch(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), det.score_samples(paths),
                                rtol=1e-4)  # fmt: skip
     assert json.loads(done.stdout) == det.predict(paths).tolist()
+
+
+def test_the_exportable_rewrites_compute_what_they_replace():
+    from con2._training import _per_image
+
+    t = torch.arange(12.0).view(3, 4)
+    for batch in (1, 5):  # (b): expand + flatten instead of repeat_interleave
+        torch.testing.assert_close(_per_image(t, batch), t.repeat_interleave(batch, dim=0))
+    from con2.scorers import GaussianScorer
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.nn.functional.normalize(torch.randn(2, 80, 6, generator=gen), dim=2)
+    test = torch.nn.functional.normalize(torch.randn(2, 9, 6, generator=gen), dim=2)
+    scorer = GaussianScorer().fit(train)
+    head = scorer.head()  # (a): a stored inverse factor instead of a triangular solve
+    solved = torch.zeros(9, dtype=torch.float64)
+    for view in range(2):
+        diff = (test[view].double() - scorer.mean_[view]).T
+        y = torch.linalg.solve_triangular(scorer.cholesky_[view], diff, upper=False)
+        logdet = 2 * torch.log(torch.diagonal(scorer.cholesky_[view])).sum()
+        solved += -0.5 * ((y**2).sum(0) + logdet + 6 * np.log(2 * np.pi)) / 2
+    torch.testing.assert_close(head(test), solved, rtol=1e-13, atol=0)
