@@ -22,6 +22,7 @@ several runs (an interrupted run loses at most the fit in progress). A context
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -171,8 +172,12 @@ def main(
     data: str | None = None,
     out: str | None = None,
     write_readme: bool = False,
+    dask: str | None = None,
 ) -> dict:
-    """Run what the results file does not hold yet; return (and save) all its results."""
+    """Run what the results file does not hold yet; return (and save) all its results.
+
+    ``dask``: fan the fits out over a Dask cluster (see :func:`run_units`).
+    """
     settings = dict(PRESETS[preset])
     if n_train == "preset":
         n_train = PRESET_N_TRAIN[preset]
@@ -184,33 +189,85 @@ def main(
     print(f"{len(units) - len(todo)} of {len(units)} fits already in {out_path}; "
           f"{len(todo)} to run", flush=True)  # fmt: skip
     results.start_run(command)
-    X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
-    pixels_test = X_test.reshape(len(X_test), -1) / 255.0
-    clock = Eta(todo)
-    for cls, seed, name in todo:
-        normal = X_train_all[y_train == cls]
-        if n_train is not None:
-            normal = normal[np.random.default_rng(0).permutation(len(normal))[:n_train]]
-        is_normal = np.where(y_test == cls, 1, -1)
+    X_train_all, y_train, _, _ = fashion_mnist(data)
+    for cls, seed in dict.fromkeys((c, s) for c, s, _ in todo):
         if not results.has_row(cls, seed):
+            normal = class_images(X_train_all, y_train, cls, n_train)
             checks = {str(c): vars_of(check_context(normal, c)) for c in contexts
                       if c is not None and not isinstance(c, list | tuple)}  # fmt: skip
             results.add_row(cls, seed, n_train=len(normal), checks=checks)
-        started = time.perf_counter()
-        if name == "pixels":
-            result = run_baselines(normal, pixels_test, is_normal, seed)
-            summary = ", ".join(f"{k} {result[k]:.3f}" for k in BASELINES)
-        else:
-            result = run_con2(normal, X_test, is_normal, parse_context(name), settings, seed)
-            summary = fmt(result)
+    clock = Eta(todo)
+    for (cls, seed, name), result, seconds in run_units(todo, settings, n_train, data, dask):
         results.add(cls, seed, name, result)
-        what = "baselines" if name == "pixels" else f"context {name}"
-        eta = clock.tick(name, time.perf_counter() - started)
-        print(f"class {cls} seed {seed} {what}: {summary}; {eta}", flush=True)
+        if name == "pixels":
+            summary = "baselines: " + ", ".join(f"{k} {result[k]:.3f}" for k in BASELINES)
+        else:
+            summary = f"context {name}: {fmt(result)}"
+        print(f"class {cls} seed {seed} {summary}; {clock.tick(name, seconds)}", flush=True)
     final = results.finish()
     if write_readme:
         render_readme(final)
     return final
+
+
+@functools.lru_cache(maxsize=2)
+def fashion_mnist(data):
+    """Read the Fashion-MNIST arrays, once per process."""
+    return load_fashion_mnist(data)
+
+
+def class_images(X_train_all, y_train, cls: int, n_train):
+    """Return the training images of a class (a fixed random subset of ``n_train``, if given)."""
+    normal = X_train_all[y_train == cls]
+    if n_train is not None:
+        normal = normal[np.random.default_rng(0).permutation(len(normal))[:n_train]]
+    return normal
+
+
+def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data) -> tuple:
+    """One (class, seed, configuration) of the table: its result and its seconds.
+
+    Runs in this process or on a Dask worker (which reads the data itself).
+    """
+    X_train_all, y_train, X_test, y_test = fashion_mnist(data)
+    normal = class_images(X_train_all, y_train, cls, n_train)
+    is_normal = np.where(y_test == cls, 1, -1)
+    started = time.perf_counter()
+    if name == "pixels":
+        result = run_baselines(normal, X_test.reshape(len(X_test), -1) / 255.0, is_normal, seed)
+    else:
+        result = run_con2(normal, X_test, is_normal, parse_context(name), settings, seed)
+    return result, time.perf_counter() - started
+
+
+def run_units(todo: list, settings: dict, n_train, data, dask: str | None):
+    """Yield ``(unit, result, seconds)`` for every unit, as each finishes.
+
+    Here one after the other, or fanned out over a Dask cluster (``dask``: a scheduler
+    address, or ``"local"`` for a local cluster of one single-threaded worker process per
+    CPU, so that workers times threads never exceeds the cores; Dask's nanny starts
+    workers with ``OMP_NUM_THREADS=1``, which torch follows). The caller records each
+    result as it arrives, so an interrupted run keeps everything finished.
+    """
+    if dask is None:
+        for unit in todo:
+            yield unit, *run_unit(*unit, settings, n_train, data)
+        return
+    import oneclass  # submitted by reference: the workers import it (uploaded below)
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = (LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1,
+                            dashboard_address=None) if dask == "local" else None)  # fmt: skip
+    try:
+        with Client(cluster or dask) as client:
+            client.upload_file(str(Path(oneclass.__file__)))
+            futures = {client.submit(oneclass.run_unit, *unit, settings, n_train, data,
+                                     pure=False): unit for unit in todo}  # fmt: skip
+            for future in as_completed(futures):
+                yield futures[future], *future.result()
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def run_baselines(normal, pixels_test, is_normal, seed) -> dict:
@@ -485,8 +542,13 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None, help="folder of the IDX files")
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument(
+        "--dask", default=None, metavar="SCHEDULER",
+        help="run the fits on a Dask cluster: a scheduler address, or 'local'",
+    )  # fmt: skip
     args = parser.parse_args()
     main(
+        dask=args.dask,
         preset=args.preset,
         classes=tuple(args.classes),
         seeds=tuple(args.seeds),

@@ -82,7 +82,8 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
         contexts=(VerticalFlip(),),
         augment=SimCLRAugment(),
         batch_size=batch_size,
-        generator=make_generator(0, device),
+        seed=0,
+        device=device,
     )
     # The backbone sees real views (augmented images), made once before timing.
     x = plan.images[:batch_size].float().div(255)
@@ -92,7 +93,7 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
     loss_fn = Con2Loss(0.2)
 
     def con2_epoch():
-        train_epoch(encoder, loss_fn, optimizer, scheduler, plan, iter(lambda: 0.5, None))
+        train_epoch(encoder, loss_fn, optimizer, scheduler, plan, 0, iter(lambda: 0.5, None))
 
     def backbone_steps():
         for _ in range(n_steps):

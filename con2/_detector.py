@@ -15,11 +15,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from con2 import _persistence
 from con2._compat import HasMethods, Interval, StrOptions, _fit_context
+from con2._distributed import resolve_group
 from con2._input import TrainingIndex, scoring_batches, training_images
 from con2._persistence import checkpoint_for
 from con2._training import (
     EpochPlan,
     Schedule,
+    embed_training_set,
     embed_views,
     embedding_buffer,
     fast_math,
@@ -109,6 +111,18 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     compile : bool, default=False
         Train through ``torch.compile(encoder)``: a one-off compilation (tens of
         seconds), then faster steps on a GPU. The fitted ``encoder_`` is the plain module.
+    distributed : "auto" or bool, default="auto"
+        Train one model on several processes with ``torch.distributed`` (one device each,
+        or CPU processes with gloo), as ``torchrun --nproc_per_node=N script.py`` launches
+        them. ``"auto"``: when a process group of more than one process is initialised, or
+        torchrun's environment says ``WORLD_SIZE > 1`` (the group is then created: NCCL on
+        CUDA, gloo on CPU; on CUDA each process takes ``cuda:LOCAL_RANK``). ``True``: the
+        same, also with one process, and an error outside torchrun. ``False``: one
+        process. ``batch_size`` is the global batch whatever the number of processes;
+        scoring never uses the group. See the README, "More than one device or machine".
+    sync_batchnorm : bool, default=False
+        With several GPUs (NCCL), synchronise batch-norm statistics over processes instead
+        of computing them per process.
     warm_start : bool, default=False
         If fitted already, ``fit`` trains the current encoder for ``n_epochs`` more epochs
         (fresh AdamW state and cosine schedule, content weight held at ``alpha_max``) on
@@ -197,6 +211,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "device": [str],
         "compile": ["boolean"],
+        "distributed": [StrOptions({"auto"}), "boolean"],
+        "sync_batchnorm": ["boolean"],
         "warm_start": ["boolean"],
         "checkpoint_path": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
@@ -224,6 +240,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         contamination="auto",
         device="auto",
         compile=False,
+        distributed="auto",
+        sync_batchnorm=False,
         warm_start=False,
         checkpoint_path=None,
         checkpoint_every=10,
@@ -247,6 +265,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.contamination = contamination
         self.device = device
         self.compile = compile
+        self.distributed = distributed
+        self.sync_batchnorm = sync_batchnorm
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
@@ -468,13 +488,13 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         ``on_disk``: the images live in a file (memmap, decode cache); then so do the
         training embeddings, unless the scorer keeps them anyway (a memory bank).
         """
-        contexts, scorer = self._check_training_set(images)
-        device = resolve_device(self.device)
+        group, device = resolve_group(self.distributed, self.device)
+        device = resolve_device(device)
+        contexts, scorer = self._check_training_set(images, group)
         n_samples, image_shape = images.shape[0], tuple(images.shape[1:])
         warm = self._check_warm_start(image_shape, contexts)
         previous = list(self.loss_curve_) if warm else []
         seed = (derive_seed(self.random_state) + len(previous)) % np.iinfo(np.int32).max
-        generator = make_generator(seed, device)
         if warm:
             encoder = copy.deepcopy(self.encoder_)  # the fitted one stays untouched
         else:
@@ -486,28 +506,24 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             contexts=contexts,
             augment=SimCLRAugment(),
             batch_size=min(self.batch_size, n_samples),
-            generator=generator,
+            seed=seed,
+            device=device,
+            group=group,
         )
         memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
         encoder = encoder.to(device, memory_format=memory_format)
         loo = getattr(scorer, "leave_one_out", False)
-        spill = on_disk and not getattr(scorer, "memory_bank", False)
+        spill = on_disk and not group.active and not getattr(scorer, "memory_bank", False)
         with fast_math(device):
             checkpoint = checkpoint_for(self, images, device, self.encoder_ if warm else None)
-            with progress_reporter(self.n_epochs, self.verbose) as progress:
+            verbose = self.verbose if group.is_main else 0  # progress from rank 0 only
+            with progress_reporter(self.n_epochs, verbose) as progress:
                 losses = fit_encoder(encoder, plan, self._schedule(warm), checkpoint, progress)
-            views = make_test_time_views(
-                self.n_test_augmentations, contexts, image_shape[1:], plan.augment, generator
-            )
-            buffer_shape = (len(views), n_samples, encoder.backbone.embed_dim)
-            with embedding_buffer(buffer_shape, spill, self.cache_dir) as out:
-                embeddings = embed_views(
-                    encoder, plan.images, views, self._forward_size(device), device, out
-                )
-                scorer.fit(embeddings)
-                exclude = torch.arange(n_samples, device=device) if loo else None
-                scores = scorer.score_samples(embeddings, exclude).cpu().numpy()
-                del embeddings
+            views = make_test_time_views(  # drawn on the CPU: the same on every device
+                self.n_test_augmentations, contexts, image_shape[1:], plan.augment,
+                make_generator(seed, torch.device("cpu")),
+            )  # fmt: skip
+            scores = self._fit_scorer(scorer, encoder, plan, views, spill, loo)
         contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
         # Fitted state is assigned only now, so a failed fit leaves the previous state.
         self.encoder_, self.contexts_, self.scorer_, self.views_ = encoder, contexts, scorer, views
@@ -518,7 +534,23 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.percentile(scores, 100 * contamination))
         return scores
 
-    def _check_training_set(self, images):
+    def _fit_scorer(self, scorer, encoder, plan, views, spill: bool, loo: bool) -> np.ndarray:
+        """Fit the scorer on every training image's views; return calibration scores.
+
+        With several processes each embeds its shard and all gather the whole, so every
+        rank fits the identical scorer. ``spill``: the embeddings go to a file.
+        """
+        n_samples = plan.images.shape[0]
+        shape = (len(views), n_samples, encoder.backbone.embed_dim)
+        with embedding_buffer(shape, spill, self.cache_dir) as out:
+            embeddings = embed_training_set(
+                encoder, plan, views, self._forward_size(plan.device), out
+            )
+            scorer.fit(embeddings)
+            exclude = torch.arange(n_samples, device=plan.device) if loo else None
+            return scorer.score_samples(embeddings, exclude).cpu().numpy()
+
+    def _check_training_set(self, images, group):
         """Check the images against the settings; return contexts and a fresh scorer."""
         n_samples = images.shape[0]
         if n_samples < 2:
@@ -536,7 +568,20 @@ class Con2Detector(OutlierMixin, BaseEstimator):
                 f"n_test_augmentations={self.n_test_augmentations} is fewer than the "
                 f"{len(contexts) + 1} contexts; each context needs at least one view."
             )
-        warn_if_unsuitable(images, contexts, max_samples=_CHECK_SAMPLES)
+        if min(self.batch_size, n_samples) < group.world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} (with {n_samples} images) is smaller than "
+                f"the {group.world_size} processes sharing each batch; every process needs "
+                "at least one image per step."
+            )
+        if self.sync_batchnorm and not (group.active and torch.distributed.get_backend() == "nccl"):
+            raise ValueError(
+                "sync_batchnorm=True synchronises batch-norm statistics between GPUs and needs "
+                "a distributed fit with the NCCL backend (torchrun on CUDA devices); this fit "
+                + ("uses gloo on the CPU." if group.active else "runs in a single process.")
+            )
+        if group.is_main:
+            warn_if_unsuitable(images, contexts, max_samples=_CHECK_SAMPLES)
         return contexts, resolve_scorer(self.scorer)
 
     def _check_warm_start(self, image_shape, contexts) -> bool:
@@ -556,6 +601,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             n_epochs=self.n_epochs, learning_rate=self.learning_rate,
             weight_decay=self.weight_decay, temperature=self.temperature,
             alpha_max=self.alpha_max, warm=warm, compile=self.compile,
+            sync_batchnorm=self.sync_batchnorm,
         )  # fmt: skip
 
     def _score(self, images) -> np.ndarray:

@@ -283,6 +283,7 @@ def checkpoint_for(detector, images, device, start=None):
     for first in range(0, images.shape[0], 1024):  # in pieces: images may be on disk
         digest.update(images[first : first + 1024].numpy().tobytes())
     digest.update(repr((tuple(images.shape), device.type)).encode())
+    digest.update(b"views keyed by image index")  # not resumable from older checkpoints
     digest.update(repr({k: params[k] for k in keys}).encode())
     if start is not None:
         for name, tensor in start.state_dict().items():

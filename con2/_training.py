@@ -8,21 +8,25 @@ width), ``uint8`` or floats in [0, 1]; views are normalised to [-1, 1] by
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
+from con2._distributed import Group
 from con2._input import to_float
-from con2.augment import AugmentParams, SimCLRAugment
+from con2.augment import AugmentParams, KeyedRandom, SimCLRAugment, hash_words
 from con2.contexts import apply_context
 from con2.losses import Con2Loss
 
@@ -38,7 +42,7 @@ def context_images(x: Tensor, contexts: tuple) -> Tensor:
 
 
 def make_views(
-    x: Tensor, contexts: tuple, augment: SimCLRAugment, generator: torch.Generator
+    x: Tensor, contexts: tuple, augment: SimCLRAugment, random, offset: int = 0
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Two random views of every image in every context.
 
@@ -52,8 +56,11 @@ def make_views(
         May be empty (a single context).
     augment : SimCLRAugment
         The family T.
-    generator : torch.Generator
-        On the device of ``x``.
+    random : KeyedRandom or torch.Generator
+        One key per view (see :func:`view_keys`), or a generator, on the device of ``x``.
+    offset : int, default=0
+        Position of ``x``'s first image in the global batch: instance labels stay unique
+        when several processes share a batch.
 
     Returns
     -------
@@ -62,20 +69,46 @@ def make_views(
     context_labels : Tensor of shape (n_views,), long
     instance_labels : Tensor of shape (n_views,), long
     """
-    batch_size = x.shape[0]
     stacked = context_images(x, contexts).repeat(2, 1, 1, 1)
-    params = augment.sample(stacked.shape[0], tuple(x.shape[-2:]), generator)
+    params = augment.sample(stacked.shape[0], tuple(x.shape[-2:]), random)
     views = normalize(augment.apply(stacked, params))
-    n_contexts = len(contexts) + 1
-    context_labels = torch.arange(n_contexts, device=x.device).repeat_interleave(batch_size)
-    instance_labels = torch.arange(batch_size, device=x.device).repeat(n_contexts)
-    return views, context_labels.repeat(2), instance_labels.repeat(2)
+    return views, *view_labels(x.shape[0], len(contexts) + 1, offset, x.device)
 
 
-def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tensor:
+def view_labels(batch_size: int, n_contexts: int, offset: int, device) -> tuple[Tensor, Tensor]:
+    """Context and instance label of each view, in :func:`make_views`' order."""
+    context_labels = torch.arange(n_contexts, device=device).repeat_interleave(batch_size)
+    instance_labels = torch.arange(offset, offset + batch_size, device=device).repeat(n_contexts)
+    return context_labels.repeat(2), instance_labels.repeat(2)
+
+
+def view_keys(seed: int, epoch: int, indices: Tensor, n_contexts: int) -> Tensor:
+    """One key per view, in :func:`make_views`' order, from (seed, epoch, image, context, draw).
+
+    A view's random transform depends on nothing else: not on the batch, the process or
+    the number of processes.
+    """
+    draws = torch.arange(2, device=indices.device)[:, None, None]
+    contexts = torch.arange(n_contexts, device=indices.device)[None, :, None]
+    return hash_words(seed, epoch, indices[None, None, :], contexts, draws).flatten()
+
+
+def epoch_order(n_samples: int, seed: int, epoch: int) -> Tensor:
+    """Return the shuffled order of an epoch, on the CPU: the same in every process."""
+    generator = torch.Generator().manual_seed(int(hash_words(seed, epoch, 0x0DE5)))
+    return torch.randperm(n_samples, generator=generator)
+
+
+def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float, group=None,
+               sizes=None) -> Tensor:  # fmt: skip
     """One optimisation step on ``batch = (views, context_labels, instance_labels)``.
 
-    Returns the loss as a detached 0-d tensor (no host synchronisation).
+    With a distributed ``group``, ``views`` are this rank's and the labels those of
+    every rank's views in rank order (``sizes[r]`` views on rank r): the projections are
+    gathered and this rank's loss is that of its own anchors against all views, times
+    the number of ranks, so that the gradient averaged by ``DistributedDataParallel`` is
+    the single-process gradient of the global batch. Returns this rank's share of the
+    loss as a detached 0-d tensor (no host synchronisation).
     """
     views, context_labels, instance_labels = batch
     if views.device.type == "cuda":
@@ -83,10 +116,16 @@ def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float) -> Tenso
     with record_function("con2::forward"), _autocast(views.device):
         z_context, z_content = encoder(views)
     with record_function("con2::loss"):
-        loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha)
+        anchors, scale = None, 1
+        if group is not None and group.active:
+            start = sum(sizes[: group.rank])
+            anchors, scale = slice(start, start + sizes[group.rank]), group.world_size
+            z_content = group.gather(z_content, sizes)
+            z_context = None if z_context is None else group.gather(z_context, sizes)
+        loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha, anchors)
     with record_function("con2::backward"):
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale).backward()
     with record_function("con2::optimizer"):
         optimizer.step()
     return loss.detach()
@@ -97,42 +136,53 @@ class EpochPlan:
     """What one epoch needs besides the model and the optimiser.
 
     The training images (on the device, or in host memory when they do not fit), the
-    contexts, the augmentation family, images per step, and the generator that drives
-    every random draw (its device is where the step runs).
+    contexts, the augmentation family, images per step (the global batch), the seed
+    that keys every random draw, the device where the steps run, and the processes
+    sharing the training (:class:`con2._distributed.Group`).
     """
 
     images: Tensor
     contexts: tuple
     augment: SimCLRAugment
     batch_size: int
-    generator: torch.Generator
+    seed: int
+    device: torch.device
+    group: Group = field(default_factory=Group)
 
 
-def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, alphas) -> Tensor:
-    """Run one epoch over shuffled ``plan.images``, dropping the last incomplete batch.
+def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, epoch: int,
+                alphas) -> Tensor:  # fmt: skip
+    """Run epoch ``epoch`` over shuffled ``plan.images``, dropping the last incomplete batch.
 
-    ``encoder`` may be a compiled wrapper of the encoder. ``alphas`` yields the content
-    weight of each step. No step synchronises with the host: images stay on the device
-    (or, when they do not fit, are gathered into pinned memory and copied without
-    blocking), and the mean loss is returned as a 0-d device tensor for the caller to
-    read once per epoch.
+    ``encoder`` may be a compiled or distributed wrapper of the encoder. ``alphas`` yields
+    the content weight of each step. Each rank takes its shard of every global batch. No
+    step synchronises with the host: images stay on the device (or, when they do not fit,
+    are gathered into pinned memory and copied without blocking), and the mean loss over
+    the global batch is returned as a 0-d device tensor for the caller to read once per
+    epoch.
     """
     encoder.train()
-    n_samples = plan.images.shape[0]
-    device = plan.generator.device
-    order = torch.randperm(n_samples, generator=plan.generator, device=device)
-    if plan.images.device != device:
-        order = order.to(plan.images.device)  # one copy per epoch, not per step
+    n_samples, device, group = plan.images.shape[0], plan.device, plan.group
+    order = epoch_order(n_samples, plan.seed, epoch).to(plan.images.device)  # once per epoch
+    n_contexts = len(plan.contexts) + 1
+    bounds = group.bounds(plan.batch_size)
+    start, stop = bounds[group.rank]
+    sizes = [2 * n_contexts * (b - a) for a, b in bounds]
+    labels = [torch.cat(parts) for parts in zip(*(view_labels(b - a, n_contexts, a, device)
+                                                  for a, b in bounds), strict=True)]  # fmt: skip
     n_batches = n_samples // plan.batch_size
     total = torch.zeros((), device=device)
     for index in range(n_batches):
-        batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size]
+        batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size][start:stop]
         with record_function("con2::views"):  # gather, context, T, normalise
             x = to_float(_fetch(plan.images, batch_indices, device))
-            batch = make_views(x, plan.contexts, plan.augment, plan.generator)
-        total += train_step(encoder, loss_fn, optimizer, batch, next(alphas))
+            keys = view_keys(plan.seed, epoch, batch_indices.to(device, non_blocking=True),
+                             n_contexts)  # fmt: skip
+            views = make_views(x, plan.contexts, plan.augment, KeyedRandom(keys))[0]
+        total += train_step(encoder, loss_fn, optimizer, (views, *labels), next(alphas),
+                            group, sizes)  # fmt: skip
         scheduler.step()
-    return total / n_batches
+    return group.sum(total) / n_batches
 
 
 def _fetch(images: Tensor, indices: Tensor, device: torch.device) -> Tensor:
@@ -261,6 +311,23 @@ def embed_views(
     return torch.cat(chunks, dim=1) if out is None else out
 
 
+def embed_training_set(encoder, plan: EpochPlan, views, forward_size: int, out=None) -> Tensor:
+    """Embed every view of every training image, shape (n_views, n_samples, embed_dim).
+
+    With several processes each embeds its shard of the images and all gather the whole,
+    in order, so that every rank fits the identical scorer. ``out`` as in
+    :func:`embed_views` (single process only).
+    """
+    group, images = plan.group, plan.images
+    if not group.active:
+        return embed_views(encoder, images, views, forward_size, plan.device, out)
+    bounds = group.bounds(images.shape[0])
+    start, stop = bounds[group.rank]
+    mine = embed_views(encoder, images[start:stop], views, forward_size, plan.device)
+    rows = group.gather_rows(mine.transpose(0, 1).contiguous(), [b - a for a, b in bounds])
+    return rows.transpose(0, 1)
+
+
 @contextlib.contextmanager
 def embedding_buffer(shape: tuple, on_disk: bool, directory=None):
     """Yield a float32 buffer of ``shape`` in a temporary file, or None (in memory).
@@ -342,37 +409,48 @@ class Schedule:
     alpha_max: float
     warm: bool = False
     compile: bool = False
+    sync_batchnorm: bool = False
 
 
 def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progress) -> list:
     """Train ``encoder`` for ``schedule.n_epochs`` epochs; return the loss of each epoch.
 
     ``checkpoint`` (a :class:`con2._persistence.Checkpoint` or None) is resumed from if it
-    holds a state of this very fit, and written every ``checkpoint.every`` epochs: a
-    resumed fit ends in the same state as an uninterrupted one. ``progress(epoch, loss)``
-    is called after each epoch. With ``schedule.compile`` the steps run through
-    ``torch.compile(encoder)``, which shares the encoder's weights.
+    holds a state of this very fit, and written every ``checkpoint.every`` epochs (by rank
+    0, after a barrier): a resumed fit ends in the same state as an uninterrupted one,
+    with any number of processes. ``progress(epoch, loss)`` is called after each epoch.
+    With ``schedule.compile`` the steps run through ``torch.compile``, which shares the
+    encoder's weights. With a distributed ``plan.group`` the steps run through
+    ``DistributedDataParallel`` (with ``SyncBatchNorm`` layers if
+    ``schedule.sync_batchnorm``), every rank reads the same loss, and every rank ends
+    with rank 0's weights and buffers.
     """
-    model = torch.compile(encoder) if schedule.compile else encoder
+    group = plan.group
+    trained = _with_sync_batchnorm(encoder) if schedule.sync_batchnorm else encoder
+    model = trained
+    if group.active:
+        devices = [plan.device.index] if plan.device.type == "cuda" else None
+        model = DistributedDataParallel(trained, device_ids=devices)
+    model = torch.compile(model) if schedule.compile else model
     loss_fn = Con2Loss(schedule.temperature)
     steps_per_epoch = plan.images.shape[0] // plan.batch_size
     n_steps = schedule.n_epochs * steps_per_epoch
     optimizer, scheduler = build_optimizer(
-        encoder, schedule.learning_rate, schedule.weight_decay, n_steps
+        trained, schedule.learning_rate, schedule.weight_decay, n_steps
     )
     state = checkpoint.load() if checkpoint is not None else None
     losses, start = [], 0
     if state is not None:
-        encoder.load_state_dict(state["encoder"])
+        trained.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        plan.generator.set_state(state["generator"])
         losses, start = list(state["losses"]), len(state["losses"])
     alphas = alpha_schedule(
         schedule.alpha_max, n_steps, start * steps_per_epoch, warm=schedule.warm
     )
     for epoch in range(start, schedule.n_epochs):
-        loss = float(train_epoch(model, loss_fn, optimizer, scheduler, plan, alphas))
+        # the same number on every rank (a sum over ranks), so all stop together
+        loss = float(train_epoch(model, loss_fn, optimizer, scheduler, plan, epoch, alphas))
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
@@ -384,14 +462,25 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
         if checkpoint is not None and (
             (epoch + 1) % checkpoint.every == 0 or epoch + 1 == schedule.n_epochs
         ):
-            checkpoint.save({
-                "encoder": encoder.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": plan.generator.get_state(),
-                "losses": losses,
-            })  # fmt: skip
+            group.barrier()
+            if group.is_main:
+                checkpoint.save({
+                    "encoder": trained.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "losses": losses,
+                })  # fmt: skip
+    if trained is not encoder:
+        encoder.load_state_dict(trained.state_dict())
+    if group.active:  # buffers (batch-norm statistics) were updated per rank
+        for tensor in encoder.state_dict().values():
+            dist.broadcast(tensor, src=0)
     return losses
+
+
+def _with_sync_batchnorm(encoder):
+    """Copy ``encoder`` with batch-norm layers that synchronise statistics over ranks."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(encoder))
 
 
 def place_images(images: Tensor, device: torch.device) -> Tensor:

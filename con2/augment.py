@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentParams", "SimCLRAugment"]
+__all__ = ["AugmentParams", "KeyedRandom", "SimCLRAugment", "hash_words"]
 
 _N_CROP_TRIES = 10  # as torchvision's RandomResizedCrop
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision and PIL
@@ -103,15 +103,21 @@ class SimCLRAugment:
     p_jitter: float = 0.8
     p_gray: float = 0.2
 
-    def sample(self, batch_size: int, size: tuple, generator: torch.Generator) -> AugmentParams:
+    def sample(self, batch_size: int, size: tuple, generator) -> AugmentParams:
         """Draw parameters for ``batch_size`` images of ``size = (height, width)``.
 
-        All draws come from ``generator`` and land on its device.
+        All draws come from ``generator``, a :class:`torch.Generator` or a
+        :class:`KeyedRandom` (draws that depend on each image's key, not on the
+        generator's history), and land on its device.
         """
         device = generator.device
 
         def uniform(*shape, low=0.0, high=1.0):
-            return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+            if isinstance(generator, KeyedRandom):
+                draws = generator.rand(shape)
+            else:
+                draws = torch.rand(shape, generator=generator, device=device)
+            return draws * (high - low) + low
 
         b, c, s, h = self.jitter
         factors = torch.stack(
@@ -186,6 +192,64 @@ class SimCLRAugment:
         if x.shape[1] == 3:
             x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
         return x
+
+
+class KeyedRandom:
+    """Uniform draws in [0, 1) that are a function of per-row keys, not of a state.
+
+    Row ``i`` of the ``k``-th call of :meth:`rand` is a hash of ``(keys[i], k, column)``,
+    so a row's draws do not depend on which other rows share the batch, nor on the
+    process, the device or how many draws came before in other batches. The training
+    loop keys each view by ``(random_state, epoch, image index, context, draw)``: an
+    image's augmentations are the same with one process or many.
+
+    Parameters
+    ----------
+    keys : Tensor of shape (batch_size,), int64
+        32-bit keys (see :func:`hash_words`), on the device the draws should land on.
+    """
+
+    def __init__(self, keys: Tensor):
+        self.keys, self.device, self._calls = keys, keys.device, 0
+
+    def rand(self, shape: tuple) -> Tensor:
+        """Draw floats of ``shape = (batch_size, ...)``, 24 random bits each."""
+        self._calls += 1
+        columns = math.prod(shape[1:])
+        column = torch.arange(columns, device=self.device)
+        bits = hash_words(self.keys[:, None], self._calls, column[None, :])
+        return ((bits >> 8).to(torch.float32) / 2**24).view(shape)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix(x: Tensor) -> Tensor:
+    """Hash with "lowbias32" (C. Wellons), on int64 tensors holding 32-bit values.
+
+    Products are taken in 16-bit halves so that no int64 product overflows.
+    """
+
+    def times(x, constant):
+        low = (x & 0xFFFF) * constant
+        high = (((x >> 16) * constant) & 0xFFFF) << 16
+        return (low + high) & _M32
+
+    x = x & _M32
+    x = times(x ^ (x >> 16), 0x7FEB352D)
+    x = times(x ^ (x >> 15), 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hash_words(*words) -> Tensor:
+    """Hash integers (ints or int64 tensors, broadcast together) into 32-bit values."""
+    tensor = next((w for w in words if isinstance(w, Tensor)), None)
+    device = tensor.device if tensor is not None else None
+    h = torch.tensor(0x2545F491, dtype=torch.int64, device=device)
+    for position, word in enumerate(words):
+        word = torch.as_tensor(word, dtype=torch.int64, device=device)
+        h = _mix(h ^ _mix(word + 0x9E3779B9 * (position + 1)))
+    return h
 
 
 def _resized_crop(x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:

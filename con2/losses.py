@@ -32,7 +32,9 @@ from torch import Tensor, nn
 __all__ = ["Con2Loss", "supcon_loss"]
 
 
-def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
+def supcon_loss(
+    z: Tensor, labels: Tensor, temperature: float, anchors: slice | None = None
+) -> Tensor:
     """Supervised contrastive loss with the "mean over positives" normalisation.
 
     Parameters
@@ -44,18 +46,27 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
         view needs at least one positive.
     temperature : float
         Softmax temperature ``tau``.
+    anchors : slice, default=None
+        The views whose loss terms to sum (None: all); every view is still a positive
+        or negative of every anchor. Used by data-parallel training, where each process
+        holds the anchors of its own images and the views of every process.
 
     Returns
     -------
     Tensor of shape ()
-        The loss, in float32 for half-precision ``z`` (safe under bf16 autocast), else
-        in the dtype of ``z``.
+        The sum of the anchors' terms divided by ``n_views``: the mean over all anchors
+        when ``anchors`` is None. In float32 for half-precision ``z`` (safe under bf16
+        autocast), else in the dtype of ``z``.
     """
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.float()
-    # Denominator: log-sum-exp over k != i of s_ik / tau, the diagonal masked out.
-    logits = (z / temperature) @ z.T
-    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), -math.inf)
+    anchors = anchors if anchors is not None else slice(0, len(z))
+    z_anchor, anchor_labels = z[anchors], labels[anchors]
+    # Denominator: log-sum-exp over k != i of s_ik / tau, the anchor itself masked out.
+    logits = (z_anchor / temperature) @ z.T
+    rows = torch.arange(logits.shape[0], device=z.device)
+    itself = (rows + anchors.start)[:, None] == torch.arange(len(z), device=z.device)[None, :]
+    logits = logits.masked_fill(itself, -math.inf)
     log_denominator = torch.logsumexp(logits, dim=1)
     # Numerator, averaged over positives, without an (n_views, n_views) mask: the sum of
     # z_j over the positives of i is its label's sum of z minus z_i itself.
@@ -63,10 +74,10 @@ def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
     # host synchronisation is needed to learn how many labels there are.
     label_sums = z.new_zeros(z.shape).index_add_(0, labels, z)
     label_counts = z.new_zeros(len(z)).index_add_(0, labels, z.new_ones(len(z)))
-    counts = label_counts.index_select(0, labels) - 1
-    positive_sums = label_sums.index_select(0, labels) - z  # backward: one index_add
-    mean_positive_logit = (z * positive_sums).sum(dim=1) / (temperature * counts)
-    return (log_denominator - mean_positive_logit).mean()
+    counts = label_counts.index_select(0, anchor_labels) - 1
+    positive_sums = label_sums.index_select(0, anchor_labels) - z_anchor  # backward: one index_add
+    mean_positive_logit = (z_anchor * positive_sums).sum(dim=1) / (temperature * counts)
+    return (log_denominator - mean_positive_logit).sum() / len(z)
 
 
 class Con2Loss(nn.Module):
@@ -102,6 +113,7 @@ class Con2Loss(nn.Module):
         contexts: Tensor,
         instances: Tensor,
         alpha: float,
+        anchors: slice | None = None,
     ) -> Tensor:
         """Compute the loss of one batch of views.
 
@@ -119,12 +131,14 @@ class Con2Loss(nn.Module):
             Index of the image each view comes from.
         alpha : float
             Weight of the content-alignment term.
+        anchors : slice, default=None
+            The anchors whose terms to sum, over ``n_views`` (see :func:`supcon_loss`).
 
         Returns
         -------
         Tensor of shape ()
         """
-        content = supcon_loss(z_content, instances, self.temperature)
+        content = supcon_loss(z_content, instances, self.temperature, anchors)
         if z_context is None:
             return content
-        return supcon_loss(z_context, contexts, self.temperature) + alpha * content
+        return supcon_loss(z_context, contexts, self.temperature, anchors) + alpha * content

@@ -225,3 +225,22 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(benchmarks, t
     monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
     frontier.main(**args)  # everything is in the file already
     assert calls == []
+
+
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
+def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_path):
+    pytest.importorskip("distributed")
+    import torch
+
+    run, _, _ = toy_oneclass
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers run: bitwise comparable results
+    try:
+        serial = run(tmp_path / "serial.json")
+    finally:
+        torch.set_num_threads(previous)
+    on_cluster = run(tmp_path / "dask.json", dask="local")
+    assert "--dask local" not in on_cluster["command"]  # how it ran does not name the table
+    for a, b in zip(serial["rows"], on_cluster["rows"], strict=True):
+        assert a["vflip"]["lh"] == b["vflip"]["lh"] and a["None"]["nnd"] == b["None"]["nnd"]
+        assert a["IsolationForest"] == b["IsolationForest"]

@@ -219,3 +219,12 @@ def test_compiled_training_gives_a_working_plain_encoder(digits, tiny):
     assert type(det.encoder_).__name__ == "Encoder"  # not the compiled wrapper
     assert np.isfinite(det.loss_curve_).all()
     assert det.score_samples(digits[1][:5]).shape == (5,)
+
+
+def test_embeddings_do_not_depend_on_the_batch_and_scores_only_in_rounding(digits, tiny):
+    X = digits[0]
+    det = Con2Detector(**tiny, random_state=0).fit(X)
+    alone = np.concatenate([det.embed(X[i : i + 1]) for i in range(7)])
+    np.testing.assert_array_equal(alone, det.embed(X[:7]))  # padded forward passes
+    scores = np.array([det.score_samples(X[i : i + 1])[0] for i in range(7)])
+    np.testing.assert_allclose(scores, det.score_samples(X[:7]), rtol=1e-13)

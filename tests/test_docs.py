@@ -1,6 +1,7 @@
 """The README's commands are the ones CI and users run, and its examples run."""
 
 import doctest
+import os
 import re
 import subprocess
 import sys
@@ -68,6 +69,25 @@ def test_folders_example_trains_from_files_and_scores_with_the_cli(tmp_path):
     header = (tmp_path / "scores.csv").read_text().splitlines()[0]
     assert header == "path,score,decision,label"
     assert len(list((tmp_path / "train_tif16").glob("*.tif"))) == 64
+
+
+def test_distributed_example_gives_every_rank_the_same_auroc_under_torchrun(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         str(ROOT / "examples" / "distributed.py"), "--fast"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0 of 2", "rank 1 of 2"]
+    assert lines[0].split(":")[1] == lines[1].split(":")[1]  # same AUROC and threshold
+
+
+def test_dask_example_searches_and_scores_on_a_local_cluster():
+    pytest.importorskip("distributed")
+    out = run_example("dask_search.py")
+    assert "best:" in out and "images on" in out
+    assert len([line for line in out.splitlines() if "AUROC" in line]) == 4
 
 
 def test_readme_examples_print_what_the_readme_says():

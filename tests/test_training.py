@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from con2._training import EpochPlan, build_optimizer, train_epoch
-from con2._utils import make_generator
 from con2.augment import SimCLRAugment
 from con2.contexts import VerticalFlip
 from con2.losses import Con2Loss
@@ -17,27 +16,27 @@ def epoch_setup(device, n_images=64, batch_size=16, seed=0):
     ramp = torch.linspace(0, 255, 16, device=device).view(1, 1, 16, 1)
     noise = torch.rand(n_images, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
     images = (ramp * 0.7 + noise.to(device) * 70).to(torch.uint8)
-    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), batch_size,
-                     make_generator(seed, torch.device(device)))  # fmt: skip
+    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), batch_size, seed,
+                     torch.device(device))  # fmt: skip
     return encoder, optimizer, scheduler, plan
 
 
 def test_the_context_loss_falls_when_training_without_content_weight():
     encoder, optimizer, scheduler, plan = epoch_setup("cpu")
     zero = iter(lambda: 0.0, None)
-    losses = [float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, zero))
-              for _ in range(6)]  # fmt: skip
+    losses = [float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, epoch, zero))
+              for epoch in range(6)]  # fmt: skip
     assert losses[-1] < losses[0]
 
 
-def test_an_epoch_is_reproducible_from_its_generator():
+def test_an_epoch_is_reproducible_from_its_seed():
     results = []
     for _ in range(2):
         torch.manual_seed(0)  # same initial weights
         encoder, optimizer, scheduler, plan = epoch_setup("cpu")
         alphas = iter(lambda: 0.5, None)
         results.append(
-            float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, alphas))
+            float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 0, alphas))
         )
     assert results[0] == results[1]
 
@@ -46,10 +45,10 @@ def test_an_epoch_is_reproducible_from_its_generator():
 def test_a_cuda_epoch_never_synchronises_with_the_host():
     encoder, optimizer, scheduler, plan = epoch_setup("cuda")
     alphas = iter(lambda: 0.5, None)
-    train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, alphas)  # warm-up
+    train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 0, alphas)  # warm-up
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, alphas)
+        loss = train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 1, alphas)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss.cpu())

@@ -1,0 +1,139 @@
+"""Data-parallel training throughput: one process against several, side by side.
+
+For each number of processes N, the library's training loop (``fit_encoder``: sharded
+batches, gathered loss, ``DistributedDataParallel``) runs under
+``python -m torch.distributed.run --nproc_per_node=N``, the configurations in turn for
+several rounds. On a CPU every configuration gets the same cores (each process runs
+``cores // N`` torch threads), so the efficiency is throughput(N) / throughput(1); with
+one GPU per process it is throughput(N) / (N x throughput(1)). Images per second count
+the epochs after the first (start-up and warm-up excluded); medians over rounds.
+
+    python benchmarks/scaling.py --processes 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def worker(out: str, width: int, batch_size: int, n_images: int, n_epochs: int) -> None:
+    """Run as one torchrun process: train, and (rank 0) write images per second."""
+    from con2._distributed import resolve_group
+    from con2._training import EpochPlan, Schedule, fit_encoder
+    from con2._utils import resolve_device
+    from con2.augment import SimCLRAugment
+    from con2.contexts import VerticalFlip
+    from con2.networks import build_encoder
+
+    group, device = resolve_group("auto", "auto")
+    device = resolve_device(device)
+    images = torch.randint(0, 256, (n_images, 1, 28, 28), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)  # fmt: skip
+    encoder = build_encoder("resnet18", width, (1, 28, 28), 0, True).to(device)
+    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), batch_size, 0, device, group)
+    schedule = Schedule(n_epochs=n_epochs, learning_rate=1e-3, weight_decay=1e-3,
+                        temperature=0.2, alpha_max=1.0)  # fmt: skip
+    ends = []
+    fit_encoder(encoder, plan, schedule, None, lambda epoch, loss: ends.append(time.perf_counter()))
+    if group.is_main:
+        steps = n_images // batch_size
+        per_s = steps * batch_size * (n_epochs - 1) / (ends[-1] - ends[0])
+        Path(out).write_text(json.dumps({"images_per_s": per_s, "device": str(device)}))
+
+
+def launch(n_processes: int, width, batch_size, n_images, n_epochs) -> dict:
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        command = [sys.executable, "-m", "torch.distributed.run",
+                   f"--nproc_per_node={n_processes}", __file__, "--worker", str(out),
+                   "--width", str(width), "--batch-size", str(batch_size),
+                   "--n-images", str(n_images), "--n-epochs", str(n_epochs)]  # fmt: skip
+        threads = str(max(1, cores // n_processes))
+        subprocess.run(command, check=True, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": threads})  # fmt: skip
+        return json.loads(out.read_text())
+
+
+def main(processes: tuple = (1, 2), width: int = 8, batch_size: int = 256,
+         n_images: int = 2048, n_epochs: int = 4, rounds: int = 3,
+         out: str | None = None, write_readme: bool = False) -> dict:  # fmt: skip
+    from oneclass import git_commit, hardware, render_block
+
+    measured = {n: [] for n in processes}
+    device = None
+    for _ in range(rounds):
+        for n in processes:
+            run = launch(n, width, batch_size, n_images, n_epochs)
+            measured[n].append(run["images_per_s"])
+            device = run["device"]
+    per_s = {n: float(np.median(v)) for n, v in measured.items()}
+    gpu = device is not None and device.startswith("cuda")
+    base = per_s[processes[0]]
+    results = {
+        "name": "scaling-cpu" if not gpu else "scaling-gpu",
+        "date": date.today().isoformat(),
+        "hardware": hardware(),
+        "commit": git_commit(),
+        "command": f"python benchmarks/scaling.py --processes {' '.join(map(str, processes))} "
+        f"--width {width} --batch-size {batch_size} --n-images {n_images} --n-epochs "
+        f"{n_epochs} --rounds {rounds}",
+        "device": device,
+        "images_per_s": {str(n): v for n, v in per_s.items()},
+        "rounds": {str(n): v for n, v in measured.items()},
+        "efficiency": {str(n): per_s[n] / (base * (n if gpu else 1)) for n in processes},
+    }
+    path = Path(out) if out else ROOT / "results" / f"{results['name']}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(readme_text(results))
+    if write_readme:
+        render_block(ROOT / "README.md", results["name"], readme_text(results))
+    return results
+
+
+def readme_text(results) -> str:
+    lines = [
+        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}, "
+        f"processes on {results['device']}.",
+        "",
+        f"    {results['command']}",
+        "",
+        "| processes | images / s (median) | rounds | efficiency |",
+        "|---|---|---|---|",
+    ]
+    for n, value in results["images_per_s"].items():
+        rounds = ", ".join(f"{v:.0f}" for v in results["rounds"][n])
+        lines.append(f"| {n} | {value:.0f} | {rounds} | {results['efficiency'][n]:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--n-images", type=int, default=2048)
+    parser.add_argument("--n-epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.width, args.batch_size, args.n_images, args.n_epochs)
+    else:
+        main(tuple(args.processes), args.width, args.batch_size, args.n_images, args.n_epochs,
+             args.rounds, args.out, args.write_readme)  # fmt: skip
