@@ -58,7 +58,7 @@ def launch(n_processes: int, width, batch_size, n_images, n_epochs) -> dict:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "torch.distributed.run",
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={n_processes}", __file__, "--worker", str(out),
                    "--width", str(width), "--batch-size", str(batch_size),
                    "--n-images", str(n_images), "--n-epochs", str(n_epochs)]  # fmt: skip

@@ -73,7 +73,7 @@ def test_folders_example_trains_from_files_and_scores_with_the_cli(tmp_path):
 
 def test_distributed_example_gives_every_rank_the_same_auroc_under_torchrun(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "examples" / "distributed.py"), "--fast"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, check=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
