@@ -55,6 +55,9 @@ PRESETS = {
     "gpu": dict(base_width=64, n_epochs=2048, batch_size=512, n_test_augmentations=40),
 }
 PRESET_N_TRAIN = {"cpu": 2000, "cpu-6000": None, "gpu": None}
+# The row of results/cost-cpu-frontier.json that prices one epoch of a preset, for
+# --minutes (a training budget per class on 2 CPU threads instead of a number of epochs).
+PRESET_COST_ROW = {"cpu-6000": "w8"}
 CONTEXTS = ("vflip", "invert", "equalize", None)
 BASELINES = {
     "IsolationForest": lambda seed: IsolationForest(random_state=seed),
@@ -173,16 +176,22 @@ def main(
     out: str | None = None,
     write_readme: bool = False,
     dask: str | None = None,
+    minutes: float | None = None,
 ) -> dict:
     """Run what the results file does not hold yet; return (and save) all its results.
 
-    ``dask``: fan the fits out over a Dask cluster (see :func:`run_units`).
+    ``dask``: fan the fits out over a Dask cluster (see :func:`run_units`). ``minutes``:
+    train each class for that many minutes of 2 CPU threads instead of the preset's
+    epochs, priced by ``results/cost-cpu-frontier.json`` (see :func:`epochs_for`).
     """
     settings = dict(PRESETS[preset])
+    if minutes is not None:
+        settings["n_epochs"] = epochs_for(preset, minutes)
     if n_train == "preset":
         n_train = PRESET_N_TRAIN[preset]
-    out_path = Path(out) if out else ROOT / "results" / f"oneclass-{preset}.json"
-    command = command_line(preset, classes, seeds, contexts, n_train, out)
+    name = f"oneclass-{preset}" + (f"-{minutes:g}min" if minutes is not None else "")
+    out_path = Path(out) if out else ROOT / "results" / f"{name}.json"
+    command = command_line(preset, classes, seeds, contexts, n_train, out, minutes)
     results = ResultsFile(out_path, {"preset": preset, "settings": settings, "n_train": n_train})
     units = [(c, s, context_name(x)) for c in classes for s in seeds for x in (*contexts, "pixels")]
     todo = [u for u in units if not results.has(*u)]
@@ -413,8 +422,21 @@ def hardware() -> str:
     return f"{model}, {torch.get_num_threads()} threads (CPU)"
 
 
-def command_line(preset, classes, seeds, contexts, n_train, out=None) -> str:
+def epochs_for(preset: str, minutes: float, costs: Path | None = None) -> int:
+    """Epochs of all 6000 images of a class that ``minutes`` of 2 CPU threads buy.
+
+    Priced by the measured seconds per epoch of the preset's row in
+    ``results/cost-cpu-frontier.json`` (``cost.py --group frontier``).
+    """
+    rows = json.loads((costs or ROOT / "results" / "cost-cpu-frontier.json").read_text())["rows"]
+    per_epoch = rows[PRESET_COST_ROW[preset]]["seconds_per_epoch_6000"]
+    return max(1, round(60 * minutes / per_epoch))
+
+
+def command_line(preset, classes, seeds, contexts, n_train, out=None, minutes=None) -> str:
     parts = [f"python benchmarks/oneclass.py --preset {preset}"]
+    if minutes is not None:
+        parts.append(f"--minutes {minutes:g}")
     parts.append("--classes " + " ".join(map(str, classes)))
     parts.append("--seeds " + " ".join(map(str, seeds)))
     parts.append("--contexts " + " ".join(context_name(c) for c in contexts))
@@ -542,6 +564,9 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None, help="folder of the IDX files")
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="minutes of 2-thread training per class instead of the preset's "
+                        "epochs (priced by results/cost-cpu-frontier.json)")  # fmt: skip
     parser.add_argument(
         "--dask", default=None, metavar="SCHEDULER",
         help="run the fits on a Dask cluster: a scheduler address, or 'local'",
@@ -549,6 +574,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     main(
         dask=args.dask,
+        minutes=args.minutes,
         preset=args.preset,
         classes=tuple(args.classes),
         seeds=tuple(args.seeds),

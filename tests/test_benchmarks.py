@@ -244,3 +244,39 @@ def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_pa
     for a, b in zip(serial["rows"], on_cluster["rows"], strict=True):
         assert a["vflip"]["lh"] == b["vflip"]["lh"] and a["None"]["nnd"] == b["None"]["nnd"]
         assert a["IsolationForest"] == b["IsolationForest"]
+
+
+def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    _, _, readme = benchmarks
+    import budget
+
+    monkeypatch.setattr(budget, "ROOT", readme.parent)
+    files = []
+    for minutes, epochs, auroc, n_classes in (
+        (1, 3, 0.90, 10),
+        (5, 15, 0.93, 10),
+        (20, 60, 0.95, 9),
+    ):
+        rows = [{"class": c, "seed": 0, "vflip": {"lh": auroc + 0.001 * c, "nnd": 0.5,
+                                                  "fit_seconds": 60.0 * minutes}}
+                for c in range(n_classes)]  # fmt: skip
+        path = tmp_path / f"t{minutes}.json"
+        command = f"python benchmarks/oneclass.py --minutes {minutes}"
+        path.write_text(json.dumps({"settings": {"n_epochs": epochs}, "rows": rows,
+                                    "command": command}))  # fmt: skip
+        files.append(str(path))
+    found = budget.main(tuple(files), out=str(tmp_path / "curve.png"), write_readme=True)
+    assert [p["budget_minutes"] for p in found] == [1, 5]  # the 9-class table is no point
+    assert found[1]["mean_auroc"] == pytest.approx(0.9345) and found[0]["epochs"] == 3
+    assert (tmp_path / "curve.png").stat().st_size > 5000
+    text = readme.read_text()
+    assert "| 5 | 15 | 5.0 | 93.5 |" in text and "curve.png" in text
+
+
+def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_path):
+    oneclass, _, _ = benchmarks
+    costs = tmp_path / "costs.json"
+    costs.write_text(json.dumps({"rows": {"w8": {"seconds_per_epoch_6000": 15.0}}}))
+    assert oneclass.epochs_for("cpu-6000", 20, costs) == 80
+    assert oneclass.epochs_for("cpu-6000", 0.1, costs) == 1

@@ -1,0 +1,126 @@
+"""What a CPU budget buys: mean one-class AUROC against minutes of training per class.
+
+Reads one-class result files made with ``oneclass.py --minutes M`` (one per budget) and
+plots, for every file whose table covers all ten classes, the mean AUROC over the classes
+against the measured training time per class (the mean of the fits' ``fit_seconds``),
+with the budget the epochs were priced at as a label. Measured points only: nothing is
+interpolated or extrapolated. The plot goes to ``figures/budget-cpu.png`` and the table
+into ``README.md``.
+
+    python benchmarks/budget.py results/oneclass-cpu-frontier-*min.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+
+
+def points(paths: list, config: str, scorer: str = "lh") -> list:
+    """One point per complete table: budget, measured minutes, mean and spread of AUROC."""
+    found = []
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        rows = [r for r in results["rows"] if config in r]
+        classes = sorted({r["class"] for r in rows})
+        if classes != list(range(10)):
+            continue  # an incomplete table is no point on the curve
+        per_class = [np.mean([r[config][scorer] for r in rows if r["class"] == c]) for c in classes]
+        found.append({
+            "file": Path(path).name,
+            "epochs": results["settings"]["n_epochs"],
+            "budget_minutes": _budget(results),
+            "measured_minutes": float(np.mean([r[config]["fit_seconds"] for r in rows]) / 60),
+            "mean_auroc": float(np.mean(per_class)),
+            "worst_class_auroc": float(np.min(per_class)),
+            "seeds": sorted({r["seed"] for r in rows}),
+        })  # fmt: skip
+    return sorted(found, key=lambda p: p["measured_minutes"])
+
+
+def _budget(results) -> float | None:
+    command = results.get("command", "")
+    if "--minutes " not in command:
+        return None
+    return float(command.split("--minutes ")[1].split()[0])
+
+
+def plot(found: list, path: Path, title: str) -> None:
+    """Draw the measured points (and a line through them, in order) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [p["measured_minutes"] for p in found]
+    y = [100 * p["mean_auroc"] for p in found]
+    ax.plot(x, y, "o-", color="tab:blue", label="Con2, mean over the 10 classes")
+    for p, xi, yi in zip(found, x, y, strict=True):
+        ax.annotate(f"{p['epochs']} epochs", (xi, yi), textcoords="offset points", xytext=(4, -12),
+                    fontsize=8)  # fmt: skip
+    ax.set_xlabel("training minutes per class (measured)")
+    ax.set_ylabel("mean AUROC (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | None = None,
+         write_readme: bool = False) -> list:  # fmt: skip
+    from oneclass import render_block
+
+    found = points(list(paths), config, scorer)
+    if not found:
+        raise SystemExit("no complete ten-class table among the files given")
+    figure = Path(out) if out else ROOT / "figures" / "budget-cpu.png"
+    plot(found, figure, f"One-class Fashion-MNIST, {config}, {scorer} scorer, 2-core CPU")
+    text = readme_text(found, config, scorer, figure)
+    print(text)
+    if write_readme:
+        render_block(ROOT / "README.md", "budget-cpu", text)
+    return found
+
+
+def readme_text(found: list, config: str, scorer: str, figure: Path) -> str:
+    lines = [
+        f"Configuration `{config}`, scorer `{scorer}`; one point per complete ten-class "
+        "table (`python benchmarks/budget.py "
+        + " ".join(f"results/{p['file']}" for p in found)
+        + "`).",
+        "",
+        "| priced budget (min) | epochs | measured training min per class | mean AUROC | "
+        "worst class | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in found:
+        budget = "-" if p["budget_minutes"] is None else f"{p['budget_minutes']:g}"
+        lines.append(f"| {budget} | {p['epochs']} | {p['measured_minutes']:.1f} | "
+                     f"{100 * p['mean_auroc']:.1f} | {100 * p['worst_class_auroc']:.1f} | "
+                     f"{p['seeds']} |")  # fmt: skip
+    try:
+        shown = figure.relative_to(ROOT)
+    except ValueError:
+        shown = figure
+    lines += ["", f"![mean AUROC against training minutes]({shown})"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--config", default="vflip")
+    parser.add_argument("--scorer", default="lh", choices=["lh", "nnd"])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    main(tuple(args.paths), args.config, args.scorer, args.out, args.write_readme)
