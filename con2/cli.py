@@ -131,7 +131,7 @@ def _add_info(commands) -> None:
 
 
 def _add_export(commands) -> None:
-    sub = _subparser(commands, "export", "Export a saved model as one ONNX or torch.export graph")
+    sub = _subparser(commands, "export", "Export a saved model as one ONNX or torch.export graph.")
     sub.add_argument("model", metavar="MODEL", help="a model saved by `con2 fit`")
     sub.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
                      help="onnx (needs the export extra) or pt2 (default: onnx)")  # fmt: skip
