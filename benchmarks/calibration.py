@@ -33,8 +33,8 @@ from oneclass import NOMINAL_RATES, git_commit, hardware, render_block
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
+from con2._embedding import embed_views
 from con2._input import validate_images
-from con2._training import embed_views
 from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent

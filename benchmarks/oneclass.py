@@ -40,8 +40,8 @@ from sklearn.neighbors import LocalOutlierFactor
 from sklearn.svm import OneClassSVM
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer, check_context
+from con2._embedding import embed_views
 from con2._input import validate_images
-from con2._training import embed_views
 from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 PRESETS = {

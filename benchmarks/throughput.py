@@ -32,14 +32,7 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 from torch.utils.data import DataLoader, Dataset
 
-from con2._training import (
-    EpochPlan,
-    _autocast,
-    build_optimizer,
-    fast_math,
-    make_views,
-    train_epoch,
-)
+from con2._training import EpochPlan, _autocast, build_optimizer, fast_math, make_views, train_epoch
 from con2._utils import make_generator, resolve_device
 from con2.augment import SimCLRAugment
 from con2.contexts import VerticalFlip

@@ -16,17 +16,14 @@ from sklearn.utils.validation import check_is_fitted
 from con2 import _persistence
 from con2._compat import HasMethods, Interval, StrOptions, _fit_context
 from con2._distributed import resolve_group
+from con2._embedding import embed_training_set, embed_views, embedding_buffer, make_test_time_views
 from con2._input import TrainingIndex, scoring_batches, training_images
 from con2._persistence import checkpoint_for
 from con2._training import (
     EpochPlan,
     Schedule,
-    embed_training_set,
-    embed_views,
-    embedding_buffer,
     fast_math,
     fit_encoder,
-    make_test_time_views,
     place_images,
     progress_reporter,
 )

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
+from con2._embedding import TestTimeViews
 from con2._input import TrainingIndex
-from con2._training import TestTimeViews
 from con2._utils import loadable_device, resolve_device
 from con2._version import __version__
 from con2.augment import AugmentParams, SimCLRAugment

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from con2._training import TestTimeViews
+from con2._embedding import TestTimeViews
 from con2._utils import move
 from con2._version import __version__
 from con2.augment import AugmentParams

@@ -14,8 +14,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
+from con2._embedding import context_images, embed_views
 from con2._input import to_float, validate_images
-from con2._training import context_images, embed_views
 
 __all__ = ["context_embeddings", "plot_embeddings", "plot_loss_curve", "plot_score_histogram"]
 

@@ -178,7 +178,7 @@ def test_the_readme_deployment_snippet_runs_without_torch(tmp_path):
 
 
 def test_the_exportable_rewrites_compute_what_they_replace():
-    from con2._training import _per_image
+    from con2._embedding import _per_image
 
     t = torch.arange(12.0).view(3, 4)
     for batch in (1, 5):  # (b): expand + flatten instead of repeat_interleave
