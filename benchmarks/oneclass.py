@@ -265,8 +265,14 @@ def run_units(todo: list, settings: dict, n_train, data, dask: str | None):
     import oneclass  # submitted by reference: the workers import it (uploaded below)
     from distributed import Client, LocalCluster, as_completed
 
+    environ = dict(os.environ)
     cluster = (LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1,
                             dashboard_address=None) if dask == "local" else None)  # fmt: skip
+    # Dask's nanny sets OMP_NUM_THREADS=1 (and more) in *this* process's environment
+    # before spawning a worker and never restores it; undo that so that processes this
+    # one starts later get the caller's thread settings.
+    os.environ.clear()
+    os.environ.update(environ)
     try:
         with Client(cluster or dask) as client:
             client.upload_file(str(Path(oneclass.__file__)))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -28,3 +30,21 @@ def _seeded():
     """Seed the global generators so tests that draw test data are repeatable."""
     torch.manual_seed(0)
     np.random.seed(0)  # noqa: NPY002 - seeding the legacy global generator is the point
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Put back any environment variable a test (or a library it drives) changed.
+
+    (Fixtures of wider scope are set up before this one and restore their own.)
+
+    Dask's nanny, for one, sets ``OMP_NUM_THREADS=1`` in the parent process; left in
+    place, every later subprocess would run torch on another number of threads than
+    the test process and cross-process comparisons of scores would differ in the last
+    bits.
+    """
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at toy sizes and write what their READMEs show."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,9 @@ def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_pa
         serial = run(tmp_path / "serial.json")
     finally:
         torch.set_num_threads(previous)
+    environ = dict(os.environ)
     on_cluster = run(tmp_path / "dask.json", dask="local")
+    assert dict(os.environ) == environ  # the nanny's OMP_NUM_THREADS=1 does not leak out
     assert "--dask local" not in on_cluster["command"]  # how it ran does not name the table
     for a, b in zip(serial["rows"], on_cluster["rows"], strict=True):
         assert a["vflip"]["lh"] == b["vflip"]["lh"] and a["None"]["nnd"] == b["None"]["nnd"]

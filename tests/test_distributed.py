@@ -145,8 +145,13 @@ dask_distributed = pytest.importorskip("distributed")
 def client():
     from distributed import Client, LocalCluster
 
+    environ = dict(os.environ)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        # the nanny left OMP_NUM_THREADS=1 (and more) in this process's environment,
+        # which later subprocesses of the suite would inherit
+        os.environ.clear()
+        os.environ.update(environ)
         client.run(lambda: sys.path.insert(0, os.path.dirname(__file__)))
         yield client
 
