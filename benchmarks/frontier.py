@@ -8,7 +8,8 @@ the ``cpu-6000`` preset's (vflip, width 8, batch 256, 28 px, all 6000 images of 
 class); each level changes one thing. Every fit embeds 40 test-time views and is also
 scored with 8 and 16 of them, with both scorers, so views and scorers are read off the
 same fits. Results go to ``results/frontier-study.json`` one fit at a time, and the same
-command run again continues where it stopped (``oneclass.ResultsFile``).
+command run again continues where it stopped (``oneclass.ResultsFile``); ``--dask local``
+runs one single-threaded fit per CPU at once.
 
     python benchmarks/frontier.py --classes 0 2 5 6 --seeds 0 --budget 180
 """
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oneclass import Eta, ResultsFile, render_block, run_con2
+from oneclass import Eta, ResultsFile, fan_out, fashion_mnist, render_block, run_con2
 
-from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from con2.datasets import FASHION_MNIST_CLASSES
 
 ROOT = Path(__file__).resolve().parent
 BASE = dict(context="vflip", base_width=8, batch_size=256, n_test_augmentations=40)
@@ -62,8 +63,13 @@ def main(
     data: str | None = None,
     out: str | None = None,
     write_readme: bool = False,
+    dask: str | None = None,
 ) -> dict:
-    """Run what the results file does not hold yet; return (and save) all its results."""
+    """Run what the results file does not hold yet; return (and save) all its results.
+
+    ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
+    worker per CPU; see ``oneclass.fan_out``).
+    """
     cost_path = Path(costs) if costs else ROOT / "results" / "cost-cpu-frontier.json"
     cost_rows = json.loads(cost_path.read_text())["rows"]
     plan = {level: level_settings(level, budget, cost_rows) for level in levels}
@@ -77,25 +83,36 @@ def main(
           f"{len(todo)} to run", flush=True)  # fmt: skip
     results.start_run(command_line(classes, seeds, levels, budget, out))
     results.data["levels"] = plan
-    X_train_all, y_train, X_test, y_test = load_fashion_mnist(data)
+    _, y_train, _, _ = fashion_mnist(data)
+    for cls, seed in {(c, s) for c, s, _ in todo if not results.has_row(c, s)}:
+        results.add_row(cls, seed, n_train=int(np.sum(y_train == cls)))
+    import frontier  # by reference, not as __main__, so that Dask workers can import it
+
+    calls = [(cls, seed, plan[level], VIEW_COUNTS, data) for cls, seed, level in todo]
     clock = Eta(todo)
-    for cls, seed, level in todo:
-        if not results.has_row(cls, seed):
-            results.add_row(cls, seed, n_train=int(np.sum(y_train == cls)))
-        settings = dict(plan[level])
-        context = settings.pop("context")
-        is_normal = np.where(y_test == cls, 1, -1)
-        started = time.perf_counter()
-        result = run_con2(X_train_all[y_train == cls], X_test, is_normal, context, settings,
-                          seed, VIEW_COUNTS)  # fmt: skip
-        results.add(cls, seed, level, {**result, "n_epochs": settings["n_epochs"]})
-        eta = clock.tick(level, time.perf_counter() - started)
+    for i, (result, seconds) in fan_out(frontier.fit_level, calls, dask):
+        cls, seed, level = todo[i]
+        results.add(cls, seed, level, {**result, "n_epochs": plan[level]["n_epochs"]})
+        eta = clock.tick(level, seconds)
+        epochs = plan[level]["n_epochs"]
         print(f"class {cls} seed {seed} {level}: nnd {result['nnd']:.3f}, lh "
-              f"{result['lh']:.3f} ({settings['n_epochs']} epochs); {eta}", flush=True)  # fmt: skip
+              f"{result['lh']:.3f} ({epochs} epochs); {eta}", flush=True)  # fmt: skip
     final = results.finish()
     if write_readme:
         render_block(ROOT / "README.md", "frontier-study", readme_text(final))
     return final
+
+
+def fit_level(cls: int, seed: int, settings: dict, view_counts: tuple, data) -> tuple:
+    """One fit of the study: its result and its seconds (here or on a Dask worker)."""
+    X_train_all, y_train, X_test, y_test = fashion_mnist(data)
+    settings = dict(settings)
+    context = settings.pop("context")
+    is_normal = np.where(y_test == cls, 1, -1)
+    started = time.perf_counter()
+    result = run_con2(X_train_all[y_train == cls], X_test, is_normal, context, settings, seed,
+                      view_counts)  # fmt: skip
+    return result, time.perf_counter() - started
 
 
 def command_line(classes, seeds, levels, budget, out) -> str:
@@ -188,6 +205,9 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None, help="folder of the Fashion-MNIST IDX files")
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
+                        help='fan the fits out over a Dask cluster ("local": one worker '
+                             "per CPU)")  # fmt: skip
     args = parser.parse_args()
     main(**{**vars(args), "classes": tuple(args.classes), "seeds": tuple(args.seeds),
             "levels": tuple(args.levels)})  # fmt: skip

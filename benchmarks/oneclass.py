@@ -250,19 +250,28 @@ def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data) -> t
 
 
 def run_units(todo: list, settings: dict, n_train, data, dask: str | None):
-    """Yield ``(unit, result, seconds)`` for every unit, as each finishes.
+    """Yield ``(unit, result, seconds)`` for every unit, as each finishes (see :func:`fan_out`)."""
+    import oneclass  # by reference, not as __main__, so that Dask workers can import it
+
+    calls = [(*unit, settings, n_train, data) for unit in todo]
+    for i, (result, seconds) in fan_out(oneclass.run_unit, calls, dask):
+        yield todo[i], result, seconds
+
+
+def fan_out(function, calls: list, dask: str | None):
+    """Yield ``(i, function(*calls[i]))`` for every call, in the order they finish.
 
     Here one after the other, or fanned out over a Dask cluster (``dask``: a scheduler
     address, or ``"local"`` for a local cluster of one single-threaded worker process per
     CPU, so that workers times threads never exceeds the cores; Dask's nanny starts
-    workers with ``OMP_NUM_THREADS=1``, which torch follows). The caller records each
-    result as it arrives, so an interrupted run keeps everything finished.
+    workers with ``OMP_NUM_THREADS=1``, which torch follows). ``function`` must live in a
+    module of this folder (it is uploaded to the workers with this one). The caller
+    records each result as it arrives, so an interrupted run keeps everything finished.
     """
     if dask is None:
-        for unit in todo:
-            yield unit, *run_unit(*unit, settings, n_train, data)
+        for i, call in enumerate(calls):
+            yield i, function(*call)
         return
-    import oneclass  # submitted by reference: the workers import it (uploaded below)
     from distributed import Client, LocalCluster, as_completed
 
     environ = dict(os.environ)
@@ -273,13 +282,16 @@ def run_units(todo: list, settings: dict, n_train, data, dask: str | None):
     # one starts later get the caller's thread settings.
     os.environ.clear()
     os.environ.update(environ)
+    modules = dict.fromkeys([__name__ if __name__ != "__main__" else "oneclass",
+                             function.__module__])  # fmt: skip
     try:
         with Client(cluster or dask) as client:
-            client.upload_file(str(Path(oneclass.__file__)))
-            futures = {client.submit(oneclass.run_unit, *unit, settings, n_train, data,
-                                     pure=False): unit for unit in todo}  # fmt: skip
+            for name in modules:  # saved where the workers import from, not imported here
+                client.upload_file(str(Path(__file__).with_name(f"{name}.py")), load=False)
+            futures = {client.submit(function, *call, pure=False): i
+                       for i, call in enumerate(calls)}  # fmt: skip
             for future in as_completed(futures):
-                yield futures[future], *future.result()
+                yield futures[future], future.result()
     finally:
         if cluster is not None:
             cluster.close()

@@ -197,8 +197,9 @@ def test_sweep_trains_a_shared_setting_once_and_renders_both_tables(
     assert results["command"] in text
 
 
-def test_frontier_study_prices_levels_by_measured_cost_and_resumes(benchmarks, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+@pytest.fixture
+def toy_frontier(benchmarks, tmp_path, monkeypatch):
+    """frontier.main's arguments at toy size on toy data (two levels priced 1 s and 2 s)."""
     _, _, readme = benchmarks
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import frontier
@@ -212,9 +213,13 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(benchmarks, t
     costs = tmp_path / "costs.json"
     costs.write_text(json.dumps({"rows": {"a": {"seconds_per_epoch_6000": 1.0},
                                           "b": {"seconds_per_epoch_6000": 2.0}}}))  # fmt: skip
-    out = tmp_path / "study.json"
     args = dict(classes=(1,), seeds=(0,), levels=("base", "wide"), budget=2.0,
-                costs=str(costs), data=str(tmp_path), out=str(out))  # fmt: skip
+                costs=str(costs), data=str(tmp_path), out=str(tmp_path / "study.json"))  # fmt: skip
+    return frontier, args, readme
+
+
+def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier, monkeypatch):
+    frontier, args, readme = toy_frontier
     results = frontier.main(**args, write_readme=True)
     assert results["levels"]["base"]["n_epochs"] == 2 and results["levels"]["wide"]["n_epochs"] == 1
     row = results["rows"][0]
@@ -226,6 +231,25 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(benchmarks, t
     monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
     frontier.main(**args)  # everything is in the file already
     assert calls == []
+
+
+def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_path):
+    pytest.importorskip("distributed")
+    import torch
+
+    frontier, args, _ = toy_frontier
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers run: bitwise comparable results
+    try:
+        serial = frontier.main(**args)
+    finally:
+        torch.set_num_threads(previous)
+    # the workers get the levels and view counts from here, not from their own import
+    on_cluster = frontier.main(**{**args, "out": str(tmp_path / "dask.json")}, dask="local")
+    for level in ("base", "wide"):
+        here, there = serial["rows"][0][level], on_cluster["rows"][0][level]
+        assert here["lh"] == there["lh"] and here["views=2"] == there["views=2"]
+        assert here["n_epochs"] == there["n_epochs"]
 
 
 @pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
