@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oneclass import Eta, ResultsFile, fan_out, fashion_mnist, render_block, run_con2
+from oneclass import Eta, ResultsFile, fan_out, fashion_mnist, parallel_fits, render_block, run_con2
 
 from con2.datasets import FASHION_MNIST_CLASSES
 
@@ -89,7 +89,7 @@ def main(
     import frontier  # by reference, not as __main__, so that Dask workers can import it
 
     calls = [(cls, seed, plan[level], VIEW_COUNTS, data) for cls, seed, level in todo]
-    clock = Eta(todo)
+    clock = Eta(todo, parallel_fits(dask))
     for i, (result, seconds) in fan_out(frontier.fit_level, calls, dask):
         cls, seed, level = todo[i]
         results.add(cls, seed, level, {**result, "n_epochs": plan[level]["n_epochs"]})

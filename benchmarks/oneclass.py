@@ -205,7 +205,7 @@ def main(
             checks = {str(c): vars_of(check_context(normal, c)) for c in contexts
                       if c is not None and not isinstance(c, list | tuple)}  # fmt: skip
             results.add_row(cls, seed, n_train=len(normal), checks=checks)
-    clock = Eta(todo)
+    clock = Eta(todo, parallel_fits(dask))
     for (cls, seed, name), result, seconds in run_units(todo, settings, n_train, data, dask):
         results.add(cls, seed, name, result)
         if name == "pixels":
@@ -384,11 +384,16 @@ class ResultsFile:
 
 
 class Eta:
-    """Estimate what remains of a run from the fits it has finished, by kind of fit."""
+    """Estimate what remains of a run from the fits it has finished, by kind of fit.
 
-    def __init__(self, todo):
+    ``parallel`` fits run at once (the workers of a local Dask cluster), so what remains
+    takes that many times less time than the fits' own seconds add up to.
+    """
+
+    def __init__(self, todo, parallel: int = 1):
         self.left = [name for *_, name in todo]
         self.seconds = {}
+        self.parallel = max(1, min(parallel, len(self.left)))
 
     def tick(self, name: str, seconds: float) -> str:
         """Record a finished fit of kind ``name``; describe it and what remains."""
@@ -396,7 +401,13 @@ class Eta:
         self.seconds.setdefault(name, []).append(seconds)
         mean_all = np.mean([t for ts in self.seconds.values() for t in ts])
         rest = sum(np.mean(self.seconds.get(n, [mean_all])) for n in self.left)
+        rest /= max(1, min(self.parallel, len(self.left)))
         return f"{seconds:.0f} s; {len(self.left)} fits left, about {rest / 60:.0f} min"
+
+
+def parallel_fits(dask: str | None) -> int:
+    """How many fits run at once: one per CPU on a local cluster, else one (a guess)."""
+    return (os.cpu_count() or 1) if dask == "local" else 1
 
 
 def git_commit() -> str | None:

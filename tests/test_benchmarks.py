@@ -307,3 +307,13 @@ def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_
     costs.write_text(json.dumps({"rows": {"w8": {"seconds_per_epoch_6000": 15.0}}}))
     assert oneclass.epochs_for("cpu-6000", 20, costs) == 80
     assert oneclass.epochs_for("cpu-6000", 0.1, costs) == 1
+
+
+def test_the_estimate_of_what_remains_counts_fits_that_run_at_once(benchmarks):
+    oneclass, _, _ = benchmarks
+    todo = [(0, 0, "a"), (1, 0, "a"), (2, 0, "a"), (3, 0, "b")]
+    assert oneclass.Eta(todo).tick("a", 120.0).endswith("3 fits left, about 6 min")
+    assert oneclass.Eta(todo, parallel=2).tick("a", 120.0).endswith("3 fits left, about 3 min")
+    last = oneclass.Eta(todo[:2], parallel=2)
+    assert last.tick("a", 120.0).endswith("1 fits left, about 2 min")  # one fit: no sharing
+    assert oneclass.parallel_fits("local") == os.cpu_count() and oneclass.parallel_fits(None) == 1
