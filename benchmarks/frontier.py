@@ -64,16 +64,22 @@ def main(
     out: str | None = None,
     write_readme: bool = False,
     dask: str | None = None,
+    readme_only: bool = False,
 ) -> dict:
     """Run what the results file does not hold yet; return (and save) all its results.
 
     ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
-    worker per CPU; see ``oneclass.fan_out``).
+    worker per CPU; see ``oneclass.fan_out``). ``readme_only``: run nothing, only write
+    the README block of what the results file holds (a study still running says so).
     """
+    out_path = Path(out) if out else ROOT / "results" / "frontier-study.json"
+    if readme_only:
+        final = json.loads(out_path.read_text())
+        render_block(ROOT / "README.md", "frontier-study", readme_text(final))
+        return final
     cost_path = Path(costs) if costs else ROOT / "results" / "cost-cpu-frontier.json"
     cost_rows = json.loads(cost_path.read_text())["rows"]
     plan = {level: level_settings(level, budget, cost_rows) for level in levels}
-    out_path = Path(out) if out else ROOT / "results" / "frontier-study.json"
     identity = {"preset": "frontier-study", "settings": {"budget_seconds": budget, **BASE},
                 "n_train": None}  # fmt: skip
     results = ResultsFile(out_path, identity)
@@ -149,7 +155,9 @@ def readme_text(results) -> str:
         "`results/cost-cpu-frontier.json`); classes "
         f"{', '.join(f'{c} {FASHION_MNIST_CLASSES[c]}' for c in sorted({c for c, _ in pairs}))}"
         f"; seeds {sorted({s for _, s in pairs})}. AUROC in %: mean over (class, seed) and, "
-        "in brackets, the mean paired difference from the base with its standard error.",
+        "in brackets, the mean paired difference from the base with its standard error. "
+        "Training seconds are as measured, at the threads named here and under whatever "
+        "ran beside the fit; the budget is the priced one.",
         "",
         *(f"    {c}" for c in results["commands"]),
         "",
@@ -179,6 +187,12 @@ def readme_text(results) -> str:
         seconds = np.median([v for _, v in cells(rows, level, ("fit_seconds",))])
         lines.append(f"| {level} | {plan[level]['n_epochs']} | {seconds:.0f} | "
                      + " | ".join(columns) + f" | {n} |")  # fmt: skip
+    unfinished = [level for level in plan
+                  if 0 < len(cells(rows, level, ("lh",))) < len(pairs)
+                  or not any(level in r for r in rows)]  # fmt: skip
+    if unfinished:
+        lines += ["", f"**Partial:** the study is still running; not yet on every (class, "
+                  f"seed): {', '.join(unfinished)}."]  # fmt: skip
     lines += ["", "Per class (lh, 40 views, mean over seeds):", ""]
     classes = sorted({c for c, _ in pairs})
     lines.append("| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)
@@ -205,6 +219,8 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None, help="folder of the Fashion-MNIST IDX files")
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="run nothing; write the README block of the results file")  # fmt: skip
     parser.add_argument("--dask", default=None, metavar="SCHEDULER",
                         help='fan the fits out over a Dask cluster ("local": one worker '
                              "per CPU)")  # fmt: skip

@@ -411,7 +411,10 @@ def parallel_fits(dask: str | None) -> int:
 
 
 def git_commit() -> str | None:
-    """Return the commit the code runs at ("+dirty" when files differ from it)."""
+    """Return the commit the code runs at ("+dirty" when tracked files differ from it).
+
+    Results files and logs are not code: changes to them do not count.
+    """
 
     def git(*args):
         return subprocess.run(
@@ -419,7 +422,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
 
     try:
-        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
+        head = git("rev-parse", "--short", "HEAD")
+        # results files and logs written by the run itself do not make the code dirty
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                    ":(top,exclude)benchmarks/results", ":(top,exclude)*.log")  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")

@@ -227,10 +227,19 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     assert set(row["base"]["fpr"]) == {"nnd leave-one-out", "lh in-sample", "lh leave-one-out"}
     text = readme.read_text()
     assert "<!-- frontier-study -->" in text and "| wide | 1 |" in text
+    assert "Partial" not in text
     calls = []
     monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
     frontier.main(**args)  # everything is in the file already
     assert calls == []
+    # a study still running: the README block says which levels are not finished
+    saved = json.loads(Path(args["out"]).read_text())
+    del saved["rows"][0]["wide"]
+    Path(args["out"]).write_text(json.dumps(saved))
+    frontier.main(out=args["out"], readme_only=True)
+    text = readme.read_text()
+    assert calls == [] and "**Partial:** the study is still running" in text
+    assert "every (class, seed): wide." in text and "| wide |" not in text
 
 
 def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_path):
@@ -317,3 +326,32 @@ def test_the_estimate_of_what_remains_counts_fits_that_run_at_once(benchmarks):
     last = oneclass.Eta(todo[:2], parallel=2)
     assert last.tick("a", 120.0).endswith("1 fits left, about 2 min")  # one fit: no sharing
     assert oneclass.parallel_fits("local") == os.cpu_count() and oneclass.parallel_fits(None) == 1
+
+
+def test_the_recorded_commit_is_dirty_for_code_changes_not_for_results(benchmarks, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    import subprocess
+
+    oneclass, _, _ = benchmarks
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "con2").mkdir()
+    (repo / "con2" / "code.py").write_text("x = 1\n")
+    (repo / "benchmarks" / "results" / "table.json").write_text("{}\n")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                       check=True, capture_output=True)  # fmt: skip
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(oneclass, "ROOT", repo / "benchmarks")
+    clean = oneclass.git_commit()
+    assert clean and not clean.endswith("+dirty")
+    (repo / "benchmarks" / "results" / "table.json").write_text('{"rows": []}\n')
+    (repo / "benchmarks" / "results" / "new.json").write_text("{}\n")
+    (repo / "benchmarks" / "run.log").write_text("fit 1\n")
+    assert oneclass.git_commit() == clean  # what a run writes is not code
+    (repo / "con2" / "code.py").write_text("x = 2\n")
+    assert oneclass.git_commit() == clean + "+dirty"
