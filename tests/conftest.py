@@ -36,12 +36,10 @@ def _seeded():
 def _environment_restored():
     """Put back any environment variable a test (or a library it drives) changed.
 
-    (Fixtures of wider scope are set up before this one and restore their own.)
-
     Dask's nanny, for one, sets ``OMP_NUM_THREADS=1`` in the parent process; left in
     place, every later subprocess would run torch on another number of threads than
     the test process and cross-process comparisons of scores would differ in the last
-    bits.
+    bits. (Fixtures of wider scope are set up before this one and restore their own.)
     """
     before = dict(os.environ)
     yield
