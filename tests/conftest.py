@@ -32,6 +32,15 @@ def _seeded():
     np.random.seed(0)  # noqa: NPY002 - seeding the legacy global generator is the point
 
 
+@pytest.fixture
+def one_thread():
+    """Torch threads of this process at 1, like Dask workers', so results are bitwise equal."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
     """Put back any environment variable a test (or a library it drives) changed.

@@ -242,17 +242,11 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     assert "every (class, seed): wide." in text and "| wide |" not in text
 
 
-def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_path):
+def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_path,
+                                                              one_thread):  # fmt: skip
     pytest.importorskip("distributed")
-    import torch
-
     frontier, args, _ = toy_frontier
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers run: bitwise comparable results
-    try:
-        serial = frontier.main(**args)
-    finally:
-        torch.set_num_threads(previous)
+    serial = frontier.main(**args)
     # the workers get the levels and view counts from here, not from their own import
     on_cluster = frontier.main(**{**args, "out": str(tmp_path / "dask.json")}, dask="local")
     for level in ("base", "wide"):
@@ -262,17 +256,10 @@ def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_
 
 
 @pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
-def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_path):
+def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_path, one_thread):
     pytest.importorskip("distributed")
-    import torch
-
     run, _, _ = toy_oneclass
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers run: bitwise comparable results
-    try:
-        serial = run(tmp_path / "serial.json")
-    finally:
-        torch.set_num_threads(previous)
+    serial = run(tmp_path / "serial.json")
     environ = dict(os.environ)
     on_cluster = run(tmp_path / "dask.json", dask="local")
     assert dict(os.environ) == environ  # the nanny's OMP_NUM_THREADS=1 does not leak out

@@ -156,15 +156,6 @@ def client():
         yield client
 
 
-@pytest.fixture
-def one_thread():
-    """Torch threads of this process at 1, like the workers', so results are bitwise equal."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_dask_workers_run_one_torch_thread_each(client):
     threads = client.run(torch.get_num_threads)
     assert set(threads.values()) == {1} and len(threads) == 2
