@@ -232,6 +232,9 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
     frontier.main(**args)  # everything is in the file already
     assert calls == []
+    # a run of one level keeps what the file records of the others
+    frontier.main(**{**args, "levels": ("wide",)})
+    assert set(json.loads(Path(args["out"]).read_text())["levels"]) == {"base", "wide"}
     # a study still running: the README block says which levels are not finished
     saved = json.loads(Path(args["out"]).read_text())
     del saved["rows"][0]["wide"]
