@@ -19,10 +19,12 @@ normals. Recorded per (class, context):
 - pixel statistics of the normal class and of each anomaly class (mean intensity, share
   of dark pixels, top-bottom asymmetry), to explain what a context can and cannot see.
 
-Results go to ``results/hard-classes.json``, one (class, context) at a time; the same
-command continues an interrupted run.
+Results go to ``results/hard-classes.json``, one (class, context) fit at a time (a fit's
+standardised test scores wait in ``results/hard-classes.partial/`` until the class's other
+context is done); the same command continues an interrupted run. ``--dask local`` runs
+one single-threaded fit per CPU at once (``oneclass.fan_out``).
 
-    python benchmarks/hard_classes.py
+    python benchmarks/hard_classes.py --dask local
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from oneclass import git_commit, hardware, render_block
+from oneclass import Eta, fan_out, fashion_mnist, git_commit, hardware, parallel_fits, render_block
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector
 from con2._input import to_float, validate_images
 from con2._training import make_views, view_keys
 from con2.augment import KeyedRandom
-from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from con2.datasets import FASHION_MNIST_CLASSES
 from con2.losses import supcon_loss
 
 ROOT = Path(__file__).resolve().parent
@@ -93,59 +95,102 @@ def pixel_statistics(X: np.ndarray) -> dict:
             "top_bottom_asymmetry": float(np.abs(x - x[:, ::-1]).mean())}  # fmt: skip
 
 
-def run_pair(cls, X_class, X_test, y_test) -> dict:
+def split(X_class: np.ndarray) -> tuple:
+    """Split a class's training images: 90% to train on, 10% held out (fixed at random)."""
     order = np.random.default_rng(0).permutation(len(X_class))
     cut = int(0.9 * len(X_class))
-    train, held = X_class[order[:cut]], X_class[order[cut:]]
-    is_normal = np.where(y_test == cls, 1, -1)
-    row, standardised = {}, []
-    for context in CONTEXTS:
-        started = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            det = Con2Detector(context=context, **SETTINGS).fit(train)
-        scores = det.score_samples(X_test)
-        calibration = det.calibration_scores_
-        standardised.append((scores - calibration.mean()) / calibration.std())
-        normal = scores[y_test == cls]
-        per_class = {
-            str(k): roc_auc_score(np.r_[np.ones(len(normal)), -np.ones((y_test == k).sum())],
-                                  np.r_[normal, scores[y_test == k]])
-            for k in range(10) if k != cls
-        }  # fmt: skip
-        row[context] = {
-            "auroc": roc_auc_score(is_normal, scores), "per_anomaly": per_class,
-            **criteria(det, held), "fit_seconds": time.perf_counter() - started,
-        }  # fmt: skip
-    row["combined"] = {"auroc": roc_auc_score(is_normal, np.mean(standardised, axis=0))}
-    return row
+    return X_class[order[:cut]], X_class[order[cut:]]
+
+
+def fit_context(cls: int, context: str, data) -> tuple:
+    """One fit: its record and its test scores standardised by its calibration scores."""
+    X_train, y_train, X_test, y_test = fashion_mnist(data)
+    train, held = split(X_train[y_train == cls])
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        det = Con2Detector(context=context, **SETTINGS).fit(train)
+    scores = det.score_samples(X_test)
+    calibration = det.calibration_scores_
+    standardised = (scores - calibration.mean()) / calibration.std()
+    normal = scores[y_test == cls]
+    per_class = {
+        str(k): roc_auc_score(np.r_[np.ones(len(normal)), -np.ones((y_test == k).sum())],
+                              np.r_[normal, scores[y_test == k]])
+        for k in np.unique(y_test) if k != cls
+    }  # fmt: skip
+    record = {
+        "auroc": roc_auc_score(np.where(y_test == cls, 1, -1), scores),
+        "per_anomaly": per_class, **criteria(det, held),
+        "fit_seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    return record, standardised
 
 
 def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | None = None,
-         write_readme: bool = False) -> dict:  # fmt: skip
-    X_train, y_train, X_test, y_test = load_fashion_mnist(data)
+         write_readme: bool = False, dask: str | None = None) -> dict:  # fmt: skip
+    """Run the fits the results file does not hold yet; return (and save) all its results.
+
+    ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
+    worker per CPU; see ``oneclass.fan_out``).
+    """
+    X_train, y_train, _, y_test = fashion_mnist(data)
     path = Path(out) if out else ROOT / "results" / "hard-classes.json"
+    partial = path.with_name(f"{path.stem}.partial")
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    if results.get("settings", SETTINGS) != SETTINGS:
+        raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
+                         f"{SETTINGS}; pass another --out")  # fmt: skip
     results.update(
         hardware=hardware(), commit=git_commit(), settings=SETTINGS,
         command=f"python benchmarks/hard_classes.py --classes {' '.join(map(str, classes))}",
-        pixels={str(k): pixel_statistics(X_train[y_train == k]) for k in range(10)},
+        pixels={str(k): pixel_statistics(X_train[y_train == k]) for k in np.unique(y_train)},
     )  # fmt: skip
-    for cls in classes:
-        if str(cls) in results["rows"]:
-            continue
-        results["rows"][str(cls)] = run_pair(cls, X_train[y_train == cls], X_test, y_test)
-        path.write_text(json.dumps(results, indent=1))
-        row = results["rows"][str(cls)]
-        print(f"class {cls}: " + ", ".join(f"{c} {row[c]['auroc']:.3f}" for c in
-                                           (*CONTEXTS, "combined")), flush=True)  # fmt: skip
+    todo = [(cls, context) for cls in classes for context in CONTEXTS
+            if context not in results["rows"].get(str(cls), {})]  # fmt: skip
+    print(f"{len(classes) * len(CONTEXTS) - len(todo)} of {len(classes) * len(CONTEXTS)} "
+          f"fits already in {path}; {len(todo)} to run", flush=True)  # fmt: skip
+    import hard_classes  # by reference, not as __main__, so that Dask workers can import it
+
+    clock = Eta(todo, parallel_fits(dask))
+    calls = [(cls, context, data) for cls, context in todo]
+    for i, (record, standardised) in fan_out(hard_classes.fit_context, calls, dask):
+        cls, context = todo[i]
+        row = results["rows"].setdefault(str(cls), {})
+        row[context] = record
+        partial.mkdir(exist_ok=True)
+        np.save(partial / f"{cls}-{context}.npy", standardised)
+        if all(c in row for c in CONTEXTS):  # both contexts: combine their scores
+            combined = np.mean([np.load(partial / f"{cls}-{c}.npy") for c in CONTEXTS], axis=0)
+            row["combined"] = {"auroc": roc_auc_score(np.where(y_test == cls, 1, -1), combined)}
+        write_atomically(path, results)
+        if "combined" in row:
+            for c in CONTEXTS:
+                (partial / f"{cls}-{c}.npy").unlink()
+        print(f"class {cls} {context}: AUROC {record['auroc']:.3f}"
+              + (f", combined {row['combined']['auroc']:.3f}" if "combined" in row else "")
+              + f"; {clock.tick(context, record['fit_seconds'])}", flush=True)  # fmt: skip
+    if partial.exists() and not any(partial.iterdir()):
+        partial.rmdir()
     if write_readme:
         render_block(ROOT / "README.md", "hard-classes", readme_text(results))
     return results
 
 
+def write_atomically(path: Path, results: dict) -> None:
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(json.dumps(results, indent=1))
+    scratch.replace(path)
+
+
+def complete(rows: dict) -> dict:
+    """Keep the classes whose both contexts (and so their combination) are done."""
+    return {cls: row for cls, row in rows.items() if "combined" in row}
+
+
 def hit_rates(rows: dict) -> dict:
     """Count, per criterion, the classes where it picks the context with the higher AUROC."""
+    rows = complete(rows)
     rates = {}
     for name, sign in CRITERIA.items():
         hits = [
@@ -158,7 +203,7 @@ def hit_rates(rows: dict) -> dict:
 
 
 def readme_text(results) -> str:
-    rows = results["rows"]
+    rows = complete(results["rows"])
     lines = [
         f"Code at commit {results['commit']}, {results['hardware']}; "
         f"{', '.join(f'{k}={v}' for k, v in results['settings'].items())}; 90% of each "
@@ -194,5 +239,7 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
+                        help='"local" (a worker per CPU) or an address')  # fmt: skip
     args = parser.parse_args()
-    main(tuple(args.classes), args.data, args.out, args.write_readme)
+    main(tuple(args.classes), args.data, args.out, args.write_readme, args.dask)

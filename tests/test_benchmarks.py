@@ -272,6 +272,63 @@ def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_pa
         assert a["IsolationForest"] == b["IsolationForest"]
 
 
+@pytest.fixture
+def toy_hard_classes(benchmarks, tmp_path, monkeypatch):
+    """hard_classes.main's arguments at toy size on toy data."""
+    _, _, readme = benchmarks
+    import hard_classes
+
+    monkeypatch.setattr(hard_classes, "ROOT", readme.parent)
+    monkeypatch.setattr(hard_classes, "SETTINGS", dict(base_width=2, n_epochs=1, batch_size=8,
+                                                       n_test_augmentations=2, scorer="lh",
+                                                       random_state=0))  # fmt: skip
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    return hard_classes, dict(classes=(0, 1), data=str(tmp_path)), readme
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a toy class of 10 training images
+def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
+    toy_hard_classes, tmp_path, monkeypatch
+):
+    hard_classes, args, readme = toy_hard_classes
+    whole = hard_classes.main(**args, out=str(tmp_path / "whole.json"), write_readme=True)
+    for cls in ("0", "1"):
+        row = whole["rows"][cls]
+        assert set(row) == {"vflip", "invert", "combined"}
+        for context in ("vflip", "invert"):
+            assert set(row[context]["per_anomaly"]) == {str(1 - int(cls))}
+            assert 0.0 <= row[context]["context_accuracy"] <= 1.0
+        assert 0.0 <= row["combined"]["auroc"] <= 1.0
+    assert not (tmp_path / "whole.partial").exists()  # scores kept only while a class is open
+    text = readme.read_text()
+    assert "| 0 T-shirt/top |" in text and "| 1 Trouser |" in text
+    assert "context_accuracy" in text and "of 2" in text
+    # interrupted after its first fit: the file keeps that fit and its scores wait
+    out = tmp_path / "cut.json"
+    real, calls = hard_classes.fit_context, []
+
+    def stop_after_one(cls, context, data):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append((cls, context))
+        return real(cls, context, data)
+
+    monkeypatch.setattr(hard_classes, "fit_context", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        hard_classes.main(**args, out=str(out))
+    assert list(json.loads(out.read_text())["rows"]) == ["0"]
+    assert (tmp_path / "cut.partial" / "0-vflip.npy").exists()
+    # the same command continues with the three fits left and combines class 0 as before
+    monkeypatch.setattr(hard_classes, "fit_context", real)
+    resumed = hard_classes.main(**args, out=str(out))
+    for cls in ("0", "1"):
+        assert resumed["rows"][cls]["combined"] == whole["rows"][cls]["combined"]
+        assert resumed["rows"][cls]["vflip"]["auroc"] == whole["rows"][cls]["vflip"]["auroc"]
+    monkeypatch.setattr(hard_classes, "fit_context", lambda *a: calls.append(a))
+    hard_classes.main(**args, out=str(out))  # everything is in the file already
+    assert calls == [(0, "vflip")]
+
+
 def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     _, _, readme = benchmarks
