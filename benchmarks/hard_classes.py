@@ -17,7 +17,10 @@ normals. Recorded per (class, context):
   that are neither context (rotated a quarter turn, blurred, with a bright band), a
   stand-in for anomalies (higher is better).
 - pixel statistics of the normal class and of each anomaly class (mean intensity, share
-  of dark pixels, top-bottom asymmetry), to explain what a context can and cannot see.
+  of dark pixels, top-bottom asymmetry), and ``intensity_rho``, the Spearman correlation
+  over the test set between a fit's scores and how close an image's mean intensity is to
+  the normal class's: how much of what the scores see is the amount of bright material,
+  to explain what a context can and cannot see.
 
 Results go to ``results/hard-classes.json``, one (class, context) fit at a time (a fit's
 standardised test scores wait in ``results/hard-classes.partial/`` until the class's other
@@ -39,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from oneclass import Eta, fan_out, fashion_mnist, git_commit, hardware, parallel_fits, render_block
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector
@@ -119,9 +123,12 @@ def fit_context(cls: int, context: str, data) -> tuple:
                               np.r_[normal, scores[y_test == k]])
         for k in np.unique(y_test) if k != cls
     }  # fmt: skip
+    brightness = X_test.reshape(len(X_test), -1).mean(1)
+    closeness = -np.abs(brightness - train.reshape(len(train), -1).mean())
     record = {
         "auroc": roc_auc_score(np.where(y_test == cls, 1, -1), scores),
         "per_anomaly": per_class, **criteria(det, held),
+        "intensity_rho": float(spearmanr(scores, closeness).statistic),
         "fit_seconds": time.perf_counter() - started,
     }  # fmt: skip
     return record, standardised
@@ -230,6 +237,19 @@ def readme_text(results) -> str:
     rates = hit_rates(rows)
     lines += ["", "Classes on which each criterion picks the context with the higher AUROC: "
               + ", ".join(f"{k} {h} of {n}" for k, (h, n) in rates.items()) + "."]  # fmt: skip
+    lines += ["", "Per anomaly class (columns), AUROC in % of vflip / invert, and the Spearman "
+              "correlation of each fit's scores with closeness to the normal class's mean "
+              "intensity (rho; fits made before it was recorded show -):", "",
+              "| normal class | " + " | ".join(str(k) for k in range(10)) + " | rho |",
+              "|---" * 12 + "|"]  # fmt: skip
+    for cls, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
+        v, i = row["vflip"], row["invert"]
+        cells = [f"{100 * v['per_anomaly'][str(k)]:.0f} / {100 * i['per_anomaly'][str(k)]:.0f}"
+                 if str(k) in v["per_anomaly"] else "" for k in range(10)]  # fmt: skip
+        rho = " / ".join(f"{r['intensity_rho']:.2f}" if "intensity_rho" in r else "-"
+                         for r in (v, i))  # fmt: skip
+        lines.append(f"| {cls} {FASHION_MNIST_CLASSES[int(cls)]} | " + " | ".join(cells)
+                     + f" | {rho} |")  # fmt: skip
     return "\n".join(lines)
 
 

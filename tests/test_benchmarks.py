@@ -298,11 +298,14 @@ def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
         for context in ("vflip", "invert"):
             assert set(row[context]["per_anomaly"]) == {str(1 - int(cls))}
             assert 0.0 <= row[context]["context_accuracy"] <= 1.0
+            assert -1.0 <= row[context]["intensity_rho"] <= 1.0
         assert 0.0 <= row["combined"]["auroc"] <= 1.0
     assert not (tmp_path / "whole.partial").exists()  # scores kept only while a class is open
     text = readme.read_text()
     assert "| 0 T-shirt/top |" in text and "| 1 Trouser |" in text
     assert "context_accuracy" in text and "of 2" in text
+    v, i = (whole["rows"]["0"][c] for c in ("vflip", "invert"))
+    assert f"| {100 * v['per_anomaly']['1']:.0f} / {100 * i['per_anomaly']['1']:.0f} |" in text
     # interrupted after its first fit: the file keeps that fit and its scores wait
     out = tmp_path / "cut.json"
     real, calls = hard_classes.fit_context, []
