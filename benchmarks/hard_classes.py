@@ -16,8 +16,9 @@ normals. Recorded per (class, context):
   ``synthetic_auroc``: AUROC of held-out normals against the same images under changes
   that are neither context (rotated a quarter turn, blurred, with a bright band), a
   stand-in for anomalies (higher is better).
-- pixel statistics of the normal class and of each anomaly class (mean intensity, share
-  of dark pixels, top-bottom asymmetry), and ``intensity_rho``, the Spearman correlation
+- pixel statistics of every class (mean intensity, share of dark pixels, top-bottom
+  asymmetry, and ``intensity_auroc``: the AUROC of the one-number detector "closeness of
+  an image's mean intensity to the class's"), and ``intensity_rho``, the Spearman correlation
   over the test set between a fit's scores and how close an image's mean intensity is to
   the normal class's: how much of what the scores see is the amount of bright material,
   to explain what a context can and cannot see.
@@ -93,10 +94,12 @@ def criteria(det, held: np.ndarray) -> dict:
             "synthetic_auroc": roc_auc_score(truth, scores)}  # fmt: skip
 
 
-def pixel_statistics(X: np.ndarray) -> dict:
+def pixel_statistics(X: np.ndarray, X_test: np.ndarray, is_normal: np.ndarray) -> dict:
     x = X.astype(np.float64) / 255
+    closeness = -np.abs(X_test.reshape(len(X_test), -1).mean(1) / 255 - x.mean())
     return {"mean": float(x.mean()), "dark_share": float((x < 0.1).mean()),
-            "top_bottom_asymmetry": float(np.abs(x - x[:, ::-1]).mean())}  # fmt: skip
+            "top_bottom_asymmetry": float(np.abs(x - x[:, ::-1]).mean()),
+            "intensity_auroc": roc_auc_score(is_normal, closeness)}  # fmt: skip
 
 
 def split(X_class: np.ndarray) -> tuple:
@@ -141,7 +144,7 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
     ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
     worker per CPU; see ``oneclass.fan_out``).
     """
-    X_train, y_train, _, y_test = fashion_mnist(data)
+    X_train, y_train, X_test, y_test = fashion_mnist(data)
     path = Path(out) if out else ROOT / "results" / "hard-classes.json"
     partial = path.with_name(f"{path.stem}.partial")
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
@@ -151,7 +154,8 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
     results.update(
         hardware=hardware(), commit=git_commit(), settings=SETTINGS,
         command=f"python benchmarks/hard_classes.py --classes {' '.join(map(str, classes))}",
-        pixels={str(k): pixel_statistics(X_train[y_train == k]) for k in np.unique(y_train)},
+        pixels={str(k): pixel_statistics(X_train[y_train == k], X_test, y_test == k)
+                for k in np.unique(y_train)},
     )  # fmt: skip
     todo = [(cls, context) for cls in classes for context in CONTEXTS
             if context not in results["rows"].get(str(cls), {})]  # fmt: skip
@@ -218,9 +222,9 @@ def readme_text(results) -> str:
         "",
         f"    {results['command']}",
         "",
-        "| class | vflip | invert | both, scores combined | better context | "
-        "context accuracy (vflip / invert) | content loss | synthetic AUROC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| class | vflip | invert | both, scores combined | better context | mean intensity "
+        "alone | context accuracy (vflip / invert) | content loss | synthetic AUROC |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cls, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
         v, i = row["vflip"], row["invert"]
@@ -228,12 +232,13 @@ def readme_text(results) -> str:
         lines.append(
             f"| {cls} {FASHION_MNIST_CLASSES[int(cls)]} | {100 * v['auroc']:.1f} | "
             f"{100 * i['auroc']:.1f} | {100 * row['combined']['auroc']:.1f} | {better} | "
+            f"{100 * results['pixels'][cls]['intensity_auroc']:.1f} | "
             f"{v['context_accuracy']:.3f} / {i['context_accuracy']:.3f} | "
             f"{v['content_loss']:.3f} / {i['content_loss']:.3f} | "
             f"{100 * v['synthetic_auroc']:.1f} / {100 * i['synthetic_auroc']:.1f} |"
         )
     means = [np.mean([row[k]["auroc"] for row in rows.values()]) for k in (*CONTEXTS, "combined")]
-    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " | | | | |")
+    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " | | | | | |")
     rates = hit_rates(rows)
     lines += ["", "Classes on which each criterion picks the context with the higher AUROC: "
               + ", ".join(f"{k} {h} of {n}" for k, (h, n) in rates.items()) + "."]  # fmt: skip

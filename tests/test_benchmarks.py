@@ -304,6 +304,9 @@ def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
     text = readme.read_text()
     assert "| 0 T-shirt/top |" in text and "| 1 Trouser |" in text
     assert "context_accuracy" in text and "of 2" in text
+    pixels = whole["pixels"]["0"]
+    assert 0.0 <= pixels["intensity_auroc"] <= 1.0
+    assert f"| {100 * pixels['intensity_auroc']:.1f} |" in text
     v, i = (whole["rows"]["0"][c] for c in ("vflip", "invert"))
     assert f"| {100 * v['per_anomaly']['1']:.0f} / {100 * i['per_anomaly']['1']:.0f} |" in text
     # interrupted after its first fit: the file keeps that fit and its scores wait
