@@ -70,7 +70,7 @@ def main(
 
     ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
     worker per CPU; see ``oneclass.fan_out``). ``readme_only``: run nothing, only write
-    the README block of what the results file holds (a study still running says so).
+    the README block of what the results file holds (an unfinished study says so).
     """
     out_path = Path(out) if out else ROOT / "results" / "frontier-study.json"
     if readme_only:
@@ -192,8 +192,8 @@ def readme_text(results) -> str:
                   if 0 < len(cells(rows, level, ("lh",))) < len(pairs)
                   or not any(level in r for r in rows)]  # fmt: skip
     if unfinished:
-        lines += ["", f"**Partial:** the study is still running; not yet on every (class, "
-                  f"seed): {', '.join(unfinished)}."]  # fmt: skip
+        lines += ["", "**Partial:** the study has not run (or not finished) on every "
+                  f"(class, seed): {', '.join(unfinished)}."]  # fmt: skip
     lines += ["", "Per class (lh, 40 views, mean over seeds):", ""]
     classes = sorted({c for c, _ in pairs})
     lines.append("| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)

@@ -235,13 +235,13 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     # a run of one level keeps what the file records of the others
     frontier.main(**{**args, "levels": ("wide",)})
     assert set(json.loads(Path(args["out"]).read_text())["levels"]) == {"base", "wide"}
-    # a study still running: the README block says which levels are not finished
+    # an unfinished study: the README block says which levels are not finished
     saved = json.loads(Path(args["out"]).read_text())
     del saved["rows"][0]["wide"]
     Path(args["out"]).write_text(json.dumps(saved))
     frontier.main(out=args["out"], readme_only=True)
     text = readme.read_text()
-    assert calls == [] and "**Partial:** the study is still running" in text
+    assert calls == [] and "**Partial:** the study has not run (or not finished)" in text
     assert "every (class, seed): wide." in text and "| wide |" not in text
 
 
@@ -369,6 +369,18 @@ def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_
     costs.write_text(json.dumps({"rows": {"w8": {"seconds_per_epoch_6000": 15.0}}}))
     assert oneclass.epochs_for("cpu-6000", 20, costs) == 80
     assert oneclass.epochs_for("cpu-6000", 0.1, costs) == 1
+
+
+def test_the_frontier_preset_trains_for_twenty_minutes_as_priced(benchmarks):
+    oneclass, _, _ = benchmarks
+    preset = oneclass.PRESETS["cpu-frontier"]
+    costs_file = BENCHMARKS / "results" / "cost-cpu-frontier.json"
+    assert oneclass.epochs_for("cpu-frontier", 20, costs_file) == preset["n_epochs"]
+    costs = json.loads(costs_file.read_text())
+    priced = costs["rows"][oneclass.PRESET_COST_ROW["cpu-frontier"]]["settings"]
+    assert {k: preset[k] for k in ("base_width", "batch_size")} == {
+        k: priced[k] for k in ("base_width", "batch_size")
+    }
 
 
 def test_the_estimate_of_what_remains_counts_fits_that_run_at_once(benchmarks):
