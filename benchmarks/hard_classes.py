@@ -242,6 +242,9 @@ def readme_text(results) -> str:
     rates = hit_rates(rows)
     lines += ["", "Classes on which each criterion picks the context with the higher AUROC: "
               + ", ".join(f"{k} {h} of {n}" for k, (h, n) in rates.items()) + "."]  # fmt: skip
+    missing = [str(k) for k in range(len(FASHION_MNIST_CLASSES)) if str(k) not in rows]
+    if missing:
+        lines += ["", f"**Partial:** not yet run on classes {', '.join(missing)}."]
     lines += ["", "Per anomaly class (columns), AUROC in % of vflip / invert, and the Spearman "
               "correlation of each fit's scores with closeness to the normal class's mean "
               "intensity (rho; fits made before it was recorded show -):", "",
