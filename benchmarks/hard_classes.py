@@ -42,7 +42,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from oneclass import Eta, fan_out, fashion_mnist, git_commit, hardware, parallel_fits, render_block
+from oneclass import (
+    Eta,
+    fan_out,
+    fashion_mnist,
+    git_commit,
+    hardware,
+    parallel_fits,
+    render_block,
+    write_json_atomically,
+)
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -94,9 +103,14 @@ def criteria(det, held: np.ndarray) -> dict:
             "synthetic_auroc": roc_auc_score(truth, scores)}  # fmt: skip
 
 
+def intensity_closeness(X: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image of ``X``: minus the gap between its mean intensity and ``reference``'s."""
+    return -np.abs(X.reshape(len(X), -1).mean(1) / 255 - reference.mean() / 255)
+
+
 def pixel_statistics(X: np.ndarray, X_test: np.ndarray, is_normal: np.ndarray) -> dict:
     x = X.astype(np.float64) / 255
-    closeness = -np.abs(X_test.reshape(len(X_test), -1).mean(1) / 255 - x.mean())
+    closeness = intensity_closeness(X_test, X)
     return {"mean": float(x.mean()), "dark_share": float((x < 0.1).mean()),
             "top_bottom_asymmetry": float(np.abs(x - x[:, ::-1]).mean()),
             "intensity_auroc": roc_auc_score(is_normal, closeness)}  # fmt: skip
@@ -126,12 +140,10 @@ def fit_context(cls: int, context: str, data) -> tuple:
                               np.r_[normal, scores[y_test == k]])
         for k in np.unique(y_test) if k != cls
     }  # fmt: skip
-    brightness = X_test.reshape(len(X_test), -1).mean(1)
-    closeness = -np.abs(brightness - train.reshape(len(train), -1).mean())
     record = {
         "auroc": roc_auc_score(np.where(y_test == cls, 1, -1), scores),
         "per_anomaly": per_class, **criteria(det, held),
-        "intensity_rho": float(spearmanr(scores, closeness).statistic),
+        "intensity_rho": float(spearmanr(scores, intensity_closeness(X_test, train)).statistic),
         "fit_seconds": time.perf_counter() - started,
     }  # fmt: skip
     return record, standardised
@@ -174,7 +186,7 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
         if all(c in row for c in CONTEXTS):  # both contexts: combine their scores
             combined = np.mean([np.load(partial / f"{cls}-{c}.npy") for c in CONTEXTS], axis=0)
             row["combined"] = {"auroc": roc_auc_score(np.where(y_test == cls, 1, -1), combined)}
-        write_atomically(path, results)
+        write_json_atomically(path, results)
         if "combined" in row:
             for c in CONTEXTS:
                 (partial / f"{cls}-{c}.npy").unlink()
@@ -186,12 +198,6 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
     if write_readme:
         render_block(ROOT / "README.md", "hard-classes", readme_text(results))
     return results
-
-
-def write_atomically(path: Path, results: dict) -> None:
-    scratch = path.with_name(path.name + ".tmp")
-    scratch.write_text(json.dumps(results, indent=1))
-    scratch.replace(path)
 
 
 def complete(rows: dict) -> dict:

@@ -383,10 +383,15 @@ class ResultsFile:
         self.data["updated"] = date.today().isoformat()
         self.data["wall_seconds"] = self.wall_before + time.perf_counter() - self.run_started
         self.data["name"] = self.path.stem
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.data, indent=1))
-        os.replace(temporary, self.path)
+        write_json_atomically(self.path, self.data)
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    os.replace(temporary, path)
 
 
 class Eta:
