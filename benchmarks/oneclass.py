@@ -561,6 +561,8 @@ def check_table(results) -> str:
 
 
 def render_readme(results) -> None:
+    # A class whose row holds only its context checks has no finished fit yet: left out.
+    results = {**results, "rows": [r for r in results["rows"] if configurations([r])]}
     body = "\n".join([
         f"Run {results['date']} to {results.get('updated', results['date'])} on "
         f"{results['hardware']}, code at commit {results.get('commit')}; preset "
@@ -573,6 +575,7 @@ def render_readme(results) -> None:
         *(f"    {c}" for c in results.get("commands", [results["command"]])),
         "",
         table(results),
+        *partial_note(results),
         "",
         "`check_context` on each class's training images (distinctiveness: 0.5 = invisible, "
         "1 = always told apart; alignment: rank correlation of distances; a context passes "
@@ -581,6 +584,15 @@ def render_readme(results) -> None:
         check_table(results),
     ])  # fmt: skip
     render_block(ROOT / "README.md", results["name"], body)
+
+
+def partial_note(results) -> list:
+    """Name the classes a table has not run yet (nothing when it has all ten)."""
+    missing = sorted(set(range(len(FASHION_MNIST_CLASSES))) - {r["class"] for r in results["rows"]})
+    if not missing:
+        return []
+    return ["", f"**Partial:** not yet run on classes {', '.join(map(str, missing))}; the means "
+            "are over the classes run so far."]  # fmt: skip
 
 
 def render_block(readme: Path, name: str, body: str) -> None:
