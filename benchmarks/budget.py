@@ -7,7 +7,8 @@ with the budget the epochs were priced at as a label. Measured points only: noth
 interpolated or extrapolated. The plot goes to ``figures/budget-cpu.png`` and the table
 into ``README.md``.
 
-    python benchmarks/budget.py results/oneclass-cpu-frontier-*min.json
+    python benchmarks/budget.py benchmarks/results/oneclass-frontier.json \
+        benchmarks/results/oneclass-cpu-frontier-*min.json --write-readme
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ ROOT = Path(__file__).resolve().parent
 
 
 def points(paths: list, config: str, scorer: str = "lh") -> list:
-    """One point per complete table: budget, measured minutes, mean and spread of AUROC."""
+    """One point per complete table: budget, measured minutes, mean and spread of AUROC.
+
+    ``mean_auroc`` and ``worst_class_auroc`` are the chosen scorer's; ``other_scorer`` is
+    the other scorer's mean (same fits), and ``isolation_forest`` the mean of the pixel
+    baseline run beside them (None where a file lacks it).
+    """
+    other = {"lh": "nnd", "nnd": "lh"}[scorer]
     found = []
     for path in paths:
         results = json.loads(Path(path).read_text())
@@ -30,7 +37,8 @@ def points(paths: list, config: str, scorer: str = "lh") -> list:
         classes = sorted({r["class"] for r in rows})
         if classes != list(range(10)):
             continue  # an incomplete table is no point on the curve
-        per_class = [np.mean([r[config][scorer] for r in rows if r["class"] == c]) for c in classes]
+        per_class = _class_means(rows, lambda r: r[config][scorer])
+        baseline = [r for r in results["rows"] if "IsolationForest" in r]
         found.append({
             "file": Path(path).name,
             "epochs": results["settings"]["n_epochs"],
@@ -38,9 +46,20 @@ def points(paths: list, config: str, scorer: str = "lh") -> list:
             "measured_minutes": float(np.mean([r[config]["fit_seconds"] for r in rows]) / 60),
             "mean_auroc": float(np.mean(per_class)),
             "worst_class_auroc": float(np.min(per_class)),
+            "other_scorer": float(np.mean(_class_means(rows, lambda r: r[config][other]))),
+            "isolation_forest": (
+                float(np.mean([r["IsolationForest"] for r in baseline]))
+                if sorted({r["class"] for r in baseline}) == classes else None
+            ),
             "seeds": sorted({r["seed"] for r in rows}),
         })  # fmt: skip
     return sorted(found, key=lambda p: p["measured_minutes"])
+
+
+def _class_means(rows: list, get) -> list:
+    """``get(row)`` averaged over the seeds of each class, in class order."""
+    classes = sorted({r["class"] for r in rows})
+    return [np.mean([get(r) for r in rows if r["class"] == c]) for c in classes]
 
 
 def _budget(results) -> float | None:
@@ -50,8 +69,9 @@ def _budget(results) -> float | None:
     return float(command.split("--minutes ")[1].split()[0])
 
 
-def plot(found: list, path: Path, title: str) -> None:
+def plot(found: list, path: Path, title: str, scorer: str = "lh") -> None:
     """Draw the measured points (and a line through them, in order) to ``path``."""
+    other = {"lh": "nnd", "nnd": "lh"}[scorer]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,7 +80,13 @@ def plot(found: list, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [p["measured_minutes"] for p in found]
     y = [100 * p["mean_auroc"] for p in found]
-    ax.plot(x, y, "o-", color="tab:blue", label="Con2, mean over the 10 classes")
+    ax.plot(x, y, "o-", color="tab:blue", label=f"Con2 ({scorer}), mean over the 10 classes")
+    ax.plot(x, [100 * p["other_scorer"] for p in found], "s--", color="tab:blue", alpha=0.5,
+            markersize=4, label=f"Con2 ({other}), same fits")  # fmt: skip
+    forest = [p["isolation_forest"] for p in found if p["isolation_forest"] is not None]
+    if forest:  # the same for every budget: it does not train
+        ax.axhline(100 * float(np.mean(forest)), color="tab:gray", linestyle=":",
+                   label="IsolationForest on pixels")  # fmt: skip
     for p, xi, yi in zip(found, x, y, strict=True):
         ax.annotate(f"{p['epochs']} epochs", (xi, yi), textcoords="offset points", xytext=(4, -12),
                     fontsize=8)  # fmt: skip
@@ -83,7 +109,7 @@ def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | Non
     if not found:
         raise SystemExit("no complete ten-class table among the files given")
     figure = Path(out) if out else ROOT / "figures" / "budget-cpu.png"
-    plot(found, figure, f"One-class Fashion-MNIST, {config}, {scorer} scorer, 2-core CPU")
+    plot(found, figure, f"One-class Fashion-MNIST, {config}, 2-core CPU", scorer)
     text = readme_text(found, config, scorer, figure)
     print(text)
     if write_readme:
@@ -92,21 +118,23 @@ def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | Non
 
 
 def readme_text(found: list, config: str, scorer: str, figure: Path) -> str:
+    other = {"lh": "nnd", "nnd": "lh"}[scorer]
     lines = [
         f"Configuration `{config}`, scorer `{scorer}`; one point per complete ten-class "
         "table (`python benchmarks/budget.py "
-        + " ".join(f"results/{p['file']}" for p in found)
-        + "`).",
+        + " ".join(f"benchmarks/results/{p['file']}" for p in found)
+        + "`). AUROC in %, mean over the classes.",
         "",
-        "| priced budget (min) | epochs | measured training min per class | mean AUROC | "
-        "worst class | seeds |",
-        "|---|---|---|---|---|---|",
+        f"| priced budget (min) | epochs | measured training min per class | {scorer} | "
+        f"worst class ({scorer}) | {other} | IsolationForest | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in found:
         budget = "-" if p["budget_minutes"] is None else f"{p['budget_minutes']:g}"
+        forest = "-" if p["isolation_forest"] is None else f"{100 * p['isolation_forest']:.1f}"
         lines.append(f"| {budget} | {p['epochs']} | {p['measured_minutes']:.1f} | "
                      f"{100 * p['mean_auroc']:.1f} | {100 * p['worst_class_auroc']:.1f} | "
-                     f"{p['seeds']} |")  # fmt: skip
+                     f"{100 * p['other_scorer']:.1f} | {forest} | {p['seeds']} |")  # fmt: skip
     try:
         shown = figure.relative_to(ROOT)
     except ValueError:

@@ -359,6 +359,9 @@ def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, m
         rows = [{"class": c, "seed": 0, "vflip": {"lh": auroc + 0.001 * c, "nnd": 0.5,
                                                   "fit_seconds": 60.0 * minutes}}
                 for c in range(n_classes)]  # fmt: skip
+        if minutes == 1:  # the pixel baseline, where a table has it for every class
+            for row in rows:
+                row["IsolationForest"] = 0.91
         path = tmp_path / f"t{minutes}.json"
         command = f"python benchmarks/oneclass.py --minutes {minutes}"
         path.write_text(json.dumps({"settings": {"n_epochs": epochs}, "rows": rows,
@@ -367,9 +370,12 @@ def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, m
     found = budget.main(tuple(files), out=str(tmp_path / "curve.png"), write_readme=True)
     assert [p["budget_minutes"] for p in found] == [1, 5]  # the 9-class table is no point
     assert found[1]["mean_auroc"] == pytest.approx(0.9345) and found[0]["epochs"] == 3
+    assert found[0]["isolation_forest"] == pytest.approx(0.91)
+    assert found[1]["isolation_forest"] is None and found[1]["other_scorer"] == 0.5
     assert (tmp_path / "curve.png").stat().st_size > 5000
     text = readme.read_text()
-    assert "| 5 | 15 | 5.0 | 93.5 |" in text and "curve.png" in text
+    assert "| 1 | 3 | 1.0 | 90.5 | 90.0 | 50.0 | 91.0 | [0] |" in text
+    assert "| 5 | 15 | 5.0 | 93.5 | 93.0 | 50.0 | - | [0] |" in text and "curve.png" in text
 
 
 def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_path):
