@@ -22,18 +22,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 
 
-def points(paths: list, config: str, scorer: str = "lh") -> list:
+def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
     """One point per complete table: budget, measured minutes, mean and spread of AUROC.
 
     ``mean_auroc`` and ``worst_class_auroc`` are the chosen scorer's; ``other_scorer`` is
     the other scorer's mean (same fits), and ``isolation_forest`` the mean of the pixel
-    baseline run beside them (None where a file lacks it).
+    baseline run beside them (None where a file lacks it). ``seeds``: only these seeds'
+    rows (so that tables with a second seed on some classes stay comparable).
     """
     other = {"lh": "nnd", "nnd": "lh"}[scorer]
     found = []
     for path in paths:
         results = json.loads(Path(path).read_text())
-        rows = [r for r in results["rows"] if config in r]
+        rows = [r for r in results["rows"] if config in r and (seeds is None or r["seed"] in seeds)]
         classes = sorted({r["class"] for r in rows})
         if classes != list(range(10)):
             continue  # an incomplete table is no point on the curve
@@ -102,27 +103,28 @@ def plot(found: list, path: Path, title: str, scorer: str = "lh") -> None:
 
 
 def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | None = None,
-         write_readme: bool = False) -> list:  # fmt: skip
+         write_readme: bool = False, seeds=None) -> list:  # fmt: skip
     from oneclass import render_block
 
-    found = points(list(paths), config, scorer)
+    found = points(list(paths), config, scorer, seeds)
     if not found:
         raise SystemExit("no complete ten-class table among the files given")
     figure = Path(out) if out else ROOT / "figures" / "budget-cpu.png"
     plot(found, figure, f"One-class Fashion-MNIST, {config}, 2-core CPU", scorer)
-    text = readme_text(found, config, scorer, figure)
+    text = readme_text(found, config, scorer, figure, seeds)
     print(text)
     if write_readme:
         render_block(ROOT / "README.md", "budget-cpu", text)
     return found
 
 
-def readme_text(found: list, config: str, scorer: str, figure: Path) -> str:
+def readme_text(found: list, config: str, scorer: str, figure: Path, seeds=None) -> str:
     other = {"lh": "nnd", "nnd": "lh"}[scorer]
     lines = [
         f"Configuration `{config}`, scorer `{scorer}`; one point per complete ten-class "
         "table (`python benchmarks/budget.py "
         + " ".join(f"benchmarks/results/{p['file']}" for p in found)
+        + ("" if seeds is None else " --seeds " + " ".join(map(str, seeds)))
         + "`). AUROC in %, mean over the classes.",
         "",
         f"| priced budget (min) | epochs | measured training min per class | {scorer} | "
@@ -150,5 +152,9 @@ if __name__ == "__main__":
     parser.add_argument("--scorer", default="lh", choices=["lh", "nnd"])
     parser.add_argument("--out", default=None)
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="only these seeds' rows (default: all, averaged per class)",
+    )  # fmt: skip
     args = parser.parse_args()
-    main(tuple(args.paths), args.config, args.scorer, args.out, args.write_readme)
+    main(tuple(args.paths), args.config, args.scorer, args.out, args.write_readme, args.seeds)

@@ -377,6 +377,14 @@ def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, m
     assert "| 1 | 3 | 1.0 | 90.5 | 90.0 | 50.0 | 91.0 | [0] |" in text
     assert "| 5 | 15 | 5.0 | 93.5 | 93.0 | 50.0 | - | [0] |" in text and "curve.png" in text
 
+    # A second seed on one class moves that class's mean unless the curve keeps seed 0.
+    table = json.loads(Path(files[1]).read_text())
+    extra = {**table["rows"][0], "seed": 1, "vflip": {**table["rows"][0]["vflip"], "lh": 0.83}}
+    Path(files[1]).write_text(json.dumps({**table, "rows": table["rows"] + [extra]}))
+    assert budget.points(files[1:2], "vflip")[0]["mean_auroc"] == pytest.approx(0.9295)
+    kept = budget.points(files[1:2], "vflip", seeds=[0])[0]
+    assert kept["mean_auroc"] == pytest.approx(0.9345) and kept["seeds"] == [0]
+
 
 def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_path):
     oneclass, _, _ = benchmarks
