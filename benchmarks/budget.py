@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+OTHER_SCORER = {"lh": "nnd", "nnd": "lh"}  # the scorer shown beside the chosen one
 
 
 def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
@@ -30,16 +31,17 @@ def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
     baseline run beside them (None where a file lacks it). ``seeds``: only these seeds'
     rows (so that tables with a second seed on some classes stay comparable).
     """
-    other = {"lh": "nnd", "nnd": "lh"}[scorer]
+    other = OTHER_SCORER[scorer]
     found = []
     for path in paths:
         results = json.loads(Path(path).read_text())
-        rows = [r for r in results["rows"] if config in r and (seeds is None or r["seed"] in seeds)]
+        kept = [r for r in results["rows"] if seeds is None or r["seed"] in seeds]
+        rows = [r for r in kept if config in r]
         classes = sorted({r["class"] for r in rows})
         if classes != list(range(10)):
             continue  # an incomplete table is no point on the curve
         per_class = _class_means(rows, lambda r: r[config][scorer])
-        baseline = [r for r in results["rows"] if "IsolationForest" in r]
+        baseline = [r for r in kept if "IsolationForest" in r]
         found.append({
             "file": Path(path).name,
             "epochs": results["settings"]["n_epochs"],
@@ -49,7 +51,7 @@ def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
             "worst_class_auroc": float(np.min(per_class)),
             "other_scorer": float(np.mean(_class_means(rows, lambda r: r[config][other]))),
             "isolation_forest": (
-                float(np.mean([r["IsolationForest"] for r in baseline]))
+                float(np.mean(_class_means(baseline, lambda r: r["IsolationForest"])))
                 if sorted({r["class"] for r in baseline}) == classes else None
             ),
             "seeds": sorted({r["seed"] for r in rows}),
@@ -72,7 +74,7 @@ def _budget(results) -> float | None:
 
 def plot(found: list, path: Path, title: str, scorer: str = "lh") -> None:
     """Draw the measured points (and a line through them, in order) to ``path``."""
-    other = {"lh": "nnd", "nnd": "lh"}[scorer]
+    other = OTHER_SCORER[scorer]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +121,7 @@ def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | Non
 
 
 def readme_text(found: list, config: str, scorer: str, figure: Path, seeds=None) -> str:
-    other = {"lh": "nnd", "nnd": "lh"}[scorer]
+    other = OTHER_SCORER[scorer]
     lines = [
         f"Configuration `{config}`, scorer `{scorer}`; one point per complete ten-class "
         "table (`python benchmarks/budget.py "

@@ -384,6 +384,12 @@ def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, m
     assert budget.points(files[1:2], "vflip")[0]["mean_auroc"] == pytest.approx(0.9295)
     kept = budget.points(files[1:2], "vflip", seeds=[0])[0]
     assert kept["mean_auroc"] == pytest.approx(0.9345) and kept["seeds"] == [0]
+    table = json.loads(Path(files[0]).read_text())  # the baseline follows the same seeds
+    extra = {**table["rows"][0], "seed": 1, "IsolationForest": 0.51}
+    Path(files[0]).write_text(json.dumps({**table, "rows": table["rows"] + [extra]}))
+    assert budget.points(files[:1], "vflip")[0]["isolation_forest"] == pytest.approx(0.89)
+    seed_0 = budget.points(files[:1], "vflip", seeds=[0])[0]
+    assert seed_0["isolation_forest"] == pytest.approx(0.91)
 
 
 def test_oneclass_prices_a_budget_in_epochs_from_the_cost_table(benchmarks, tmp_path):
