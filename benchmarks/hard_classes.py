@@ -49,6 +49,7 @@ from oneclass import (
     git_commit,
     hardware,
     parallel_fits,
+    per_anomaly,
     render_block,
     write_json_atomically,
 )
@@ -134,15 +135,10 @@ def fit_context(cls: int, context: str, data) -> tuple:
     scores = det.score_samples(X_test)
     calibration = det.calibration_scores_
     standardised = (scores - calibration.mean()) / calibration.std()
-    normal = scores[y_test == cls]
-    per_class = {
-        str(k): roc_auc_score(np.r_[np.ones(len(normal)), -np.ones((y_test == k).sum())],
-                              np.r_[normal, scores[y_test == k]])
-        for k in np.unique(y_test) if k != cls
-    }  # fmt: skip
+    is_normal = np.where(y_test == cls, 1, -1)
     record = {
-        "auroc": roc_auc_score(np.where(y_test == cls, 1, -1), scores),
-        "per_anomaly": per_class, **criteria(det, held),
+        "auroc": roc_auc_score(is_normal, scores),
+        "per_anomaly": per_anomaly(is_normal, y_test, scores), **criteria(det, held),
         "intensity_rho": float(spearmanr(scores, intensity_closeness(X_test, train)).statistic),
         "fit_seconds": time.perf_counter() - started,
     }  # fmt: skip

@@ -85,7 +85,7 @@ def context_name(context) -> str:
     return "+".join(context) if isinstance(context, list | tuple) else str(context)
 
 
-def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()):
+def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=(), labels=None):
     """Fit Con2 once and return AUROCs of both scorers and the fit time.
 
     Both scorers see the same encoder and the same test-time views: the fitted ``nnd``
@@ -96,7 +96,9 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
     ``settings`` may hold ``image_size``: both image sets are then resized to it first
     (bilinear, antialiased). Each count in ``view_counts`` below the fit's
     ``n_test_augmentations`` is also scored, with that many of the fitted views (the
-    first of each context), under the key ``f"views={count}"``.
+    first of each context), under the key ``f"views={count}"``. With the test images'
+    class ``labels``, ``per_anomaly`` holds each scorer's AUROC of the normal test images
+    against each anomaly class alone (which anomalies a fit misses).
     """
     settings = dict(settings)
     size = settings.pop("image_size", None)
@@ -120,6 +122,9 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
         tests = {"nnd": nnd.score_samples(z_test[views], exclude).cpu().numpy(),
                  "lh": lh.score_samples(z_test[views], exclude).cpu().numpy()}  # fmt: skip
         found = {name: roc_auc_score(is_normal, scores) for name, scores in tests.items()}
+        if calibration and labels is not None:
+            found["per_anomaly"] = {name: per_anomaly(is_normal, labels, scores)
+                                    for name, scores in tests.items()}  # fmt: skip
         if calibration:
             everyone = torch.arange(z_train.shape[1])
             found["fpr"] = false_positive_rates(is_normal, tests, {
@@ -136,6 +141,14 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
         if count < len(det.views_):
             result[f"views={count}"] = aurocs(balanced_views(det.views_.view_contexts, count))
     return result
+
+
+def per_anomaly(is_normal, labels, scores) -> dict:
+    """AUROC of the normal images against each anomaly class alone, keyed by class."""
+    normal = scores[is_normal == 1]
+    return {str(k): roc_auc_score(np.r_[np.ones(len(normal)), -np.ones(np.sum(labels == k))],
+                                  np.r_[normal, scores[labels == k]])
+            for k in np.unique(labels[is_normal != 1])}  # fmt: skip
 
 
 NOMINAL_RATES = (0.01, 0.05, 0.1)
@@ -251,7 +264,9 @@ def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data) -> t
     if name == "pixels":
         result = run_baselines(normal, X_test.reshape(len(X_test), -1) / 255.0, is_normal, seed)
     else:
-        result = run_con2(normal, X_test, is_normal, parse_context(name), settings, seed)
+        result = run_con2(
+            normal, X_test, is_normal, parse_context(name), settings, seed, labels=y_test
+        )
     return result, time.perf_counter() - started
 
 

@@ -55,6 +55,10 @@ def test_oneclass_runs_every_configuration_and_renders_its_table(benchmarks, tmp
         assert row["n_train"] == 12
         for method in ("vflip", "None"):
             assert 0.0 <= row[method]["nnd"] <= 1.0 and 0.0 <= row[method]["lh"] <= 1.0
+            # two classes: the one anomaly class alone is the whole test set's AUROC
+            other = str(1 - row["class"])
+            for scorer in ("nnd", "lh"):
+                assert row[method]["per_anomaly"][scorer] == {other: row[method][scorer]}
         for baseline in oneclass.BASELINES:
             assert 0.0 <= row[baseline] <= 1.0
         assert set(row["checks"]) == {"vflip"}
@@ -80,9 +84,9 @@ def toy_oneclass(benchmarks, tmp_path, monkeypatch):
     fits = []
     real = oneclass.run_con2
 
-    def recording(X_train, X_test, is_normal, context, settings, seed):
+    def recording(X_train, X_test, is_normal, context, settings, seed, **kwargs):
         fits.append((int(is_normal[1] == 1), seed, oneclass.context_name(context)))  # class
-        return real(X_train, X_test, is_normal, context, settings, seed)
+        return real(X_train, X_test, is_normal, context, settings, seed, **kwargs)
 
     monkeypatch.setattr(oneclass, "run_con2", recording)
 
@@ -103,11 +107,11 @@ def test_oneclass_resumes_an_interrupted_table_and_skips_finished_fits(toy_onecl
     calls = []
     real = oneclass.run_con2
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls.append(args)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args, **kwargs)
 
     oneclass.run_con2 = interrupted
     out = tmp_path / "resumed.json"
