@@ -348,6 +348,46 @@ def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
     assert calls == [(0, "vflip")]
 
 
+def test_a_linear_probe_tells_separable_features_from_noise(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import probe
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 50)
+    is_normal = np.where(labels == 0, 1, -1)
+    features = rng.normal(size=(150, 4))
+    features[labels == 1, 0] += 10.0  # class 1 differs from the normal class along one axis
+    found = probe.probe_aurocs(features, is_normal, labels)
+    assert set(found) == {"1", "2"}
+    assert found["1"] == 1.0 and 0.2 < found["2"] < 0.8  # class 2 is the normal class's noise
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a toy class of 10 training images
+def test_probe_trains_as_hard_classes_does_and_resumes(toy_hard_classes, tmp_path, monkeypatch):
+    hard_classes, args, readme = toy_hard_classes
+    import probe
+
+    monkeypatch.setattr(probe, "ROOT", readme.parent)
+    results = probe.main(**args, out=str(tmp_path / "probe.json"), write_readme=True)
+    assert json.loads((tmp_path / "probe.json").read_text()) == json.loads(json.dumps(results))
+    reference = hard_classes.main(**args, out=str(tmp_path / "hard.json"))
+    for cls in ("0", "1"):
+        row, other = results["rows"][cls], str(1 - int(cls))
+        for context in ("vflip", "invert"):
+            # the same detector as hard_classes.py's: with one anomaly class, its Gaussian
+            # AUROC against that class is the whole test set's
+            assert row[context]["lh"] == {other: reference["rows"][cls][context]["auroc"]}
+            assert set(row[context]["nnd"]) == set(row[context]["probe"]) == {other}
+        # the toy classes differ in brightness: the probe on pixels separates them
+        assert row["pixels"]["pixel_probe"] == {other: 1.0}
+        assert 0.0 <= row["pixels"]["isolation_forest"][other] <= 1.0
+    text = readme.read_text()
+    assert "Normal class 0 T-shirt/top:" in text and "| 1 Trouser | " in text
+    assert "| anomaly class | vflip lh | vflip nnd | vflip probe | invert lh |" in text
+    monkeypatch.setattr(probe, "fit_context", lambda *a: pytest.fail("refitted a finished fit"))
+    assert probe.main(**args, out=str(tmp_path / "probe.json")) == results
+
+
 def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     _, _, readme = benchmarks

@@ -1,0 +1,173 @@
+"""Whether an anomaly class a detector misses is lost by its embedding or by its scorer.
+
+For a normal class and each context (vflip, invert), a detector is trained exactly as in
+``hard_classes.py`` (the same settings and the same 90% of the class's training images).
+Then, per anomaly class of the test set, against the class's normal test images:
+
+- ``lh``, ``nnd``: AUROC of the one-class scores (the Gaussian and the nearest-neighbour
+  scorer, fitted on the same training embeddings);
+- ``probe``: AUROC of a linear probe on the embeddings (the mean over the test-time views,
+  what both scorers see), a logistic regression trained *with the labels* of the two
+  classes and cross-validated over 5 folds of their test images: whether the
+  representation separates the two at all;
+- per normal class, once: ``pixel_probe``, the same probe on the raw pixels, and
+  ``isolation_forest``, IsolationForest on the pixels of the same training images.
+
+An anomaly class that the probe separates and the scores miss is lost by one-class
+scoring (its images lie where the normal class's are dense), not by the representation.
+The probe is a diagnostic that uses anomaly labels, never a detector.
+
+Results go to ``results/probe.json`` as each (class, context) finishes; the same command
+continues an interrupted run.
+
+    python benchmarks/probe.py --classes 5 6 --write-readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import hard_classes
+import numpy as np
+from oneclass import (
+    fashion_mnist,
+    git_commit,
+    hardware,
+    per_anomaly,
+    render_block,
+    write_json_atomically,
+)
+from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
+from con2._embedding import embed_views
+from con2._input import validate_images
+from con2.datasets import FASHION_MNIST_CLASSES
+
+ROOT = Path(__file__).resolve().parent
+N_FOLDS = 5
+
+
+def probe_aurocs(features: np.ndarray, is_normal: np.ndarray, labels: np.ndarray) -> dict:
+    """Cross-validated AUROC of a linear probe: the normal images against each anomaly class."""
+    found = {}
+    for k in np.unique(labels[is_normal != 1]):
+        pair = (is_normal == 1) | (labels == k)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        folds = StratifiedKFold(N_FOLDS, shuffle=True, random_state=0)
+        found[str(k)] = float(np.mean(cross_val_score(
+            probe, features[pair], is_normal[pair], cv=folds, scoring="roc_auc")))  # fmt: skip
+    return found
+
+
+def fit_context(cls: int, context: str, data) -> dict:
+    """Train one detector and compare its scores with a probe on its embeddings."""
+    X_train, y_train, X_test, y_test = fashion_mnist(data)
+    train, _ = hard_classes.split(X_train[y_train == cls])
+    is_normal = np.where(y_test == cls, 1, -1)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        det = Con2Detector(context=context, **hard_classes.SETTINGS).fit(train)
+    fit_seconds = time.perf_counter() - started
+    forward = det._forward_size(det.device_)
+    z_train, z_test = (
+        embed_views(det.encoder_, validate_images(det, X, reset=False), det.views_, forward,
+                    det.device_)
+        for X in (train, X_test)
+    )  # fmt: skip
+    scorers = {"lh": GaussianScorer(), "nnd": NearestNeighborScorer()}
+    scores = {name: scorer.fit(z_train).score_samples(z_test).cpu().numpy()
+              for name, scorer in scorers.items()}  # fmt: skip
+    return {
+        **{name: per_anomaly(is_normal, y_test, s) for name, s in scores.items()},
+        "probe": probe_aurocs(z_test.mean(0).cpu().numpy(), is_normal, y_test),
+        "embed_dim": int(z_test.shape[2]),
+        "fit_seconds": fit_seconds,
+    }
+
+
+def pixel_record(cls: int, data) -> dict:
+    """Run the probe and IsolationForest on raw pixels, per anomaly class."""
+    X_train, y_train, X_test, y_test = fashion_mnist(data)
+    train, _ = hard_classes.split(X_train[y_train == cls])
+    is_normal = np.where(y_test == cls, 1, -1)
+    pixels = X_test.reshape(len(X_test), -1) / 255.0
+    forest = IsolationForest(random_state=0).fit(train.reshape(len(train), -1) / 255.0)
+    return {"pixel_probe": probe_aurocs(pixels, is_normal, y_test),
+            "isolation_forest": per_anomaly(is_normal, y_test,
+                                            forest.score_samples(pixels))}  # fmt: skip
+
+
+def main(classes: tuple = (5, 6), data: str | None = None, out: str | None = None,
+         write_readme: bool = False) -> dict:  # fmt: skip
+    """Run what the results file does not hold yet; return (and save) all its results."""
+    path = Path(out) if out else ROOT / "results" / "probe.json"
+    results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    settings = hard_classes.SETTINGS
+    if results.get("settings", settings) != settings:
+        raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
+                         f"{settings}; pass another --out")  # fmt: skip
+    results.update(hardware=hardware(), commit=git_commit(), settings=settings,
+                   command=f"python benchmarks/probe.py --classes "
+                   f"{' '.join(map(str, classes))}")  # fmt: skip
+    for cls in classes:
+        row = results["rows"].setdefault(str(cls), {})
+        for part in ("pixels", *hard_classes.CONTEXTS):
+            if part in row:
+                continue
+            row[part] = (
+                pixel_record(cls, data) if part == "pixels" else fit_context(cls, part, data)
+            )
+            write_json_atomically(path, results)
+            if part != "pixels":
+                missed = min(row[part]["lh"], key=row[part]["lh"].get)
+                print(f"class {cls} {part}: worst anomaly class {missed} (lh "
+                      f"{row[part]['lh'][missed]:.3f}, probe {row[part]['probe'][missed]:.3f}); "
+                      f"{row[part]['fit_seconds']:.0f} s fit", flush=True)  # fmt: skip
+    if write_readme:
+        render_block(ROOT / "README.md", "probe", readme_text(results))
+    return results
+
+
+def readme_text(results) -> str:
+    lines = [
+        f"Code at commit {results['commit']}, {results['hardware']}; the settings and split of "
+        f"`hard_classes.py` ({', '.join(f'{k}={v}' for k, v in results['settings'].items())}). "
+        f"AUROC in % of the normal test images against each anomaly class; the probes are "
+        f"{N_FOLDS}-fold cross-validated logistic regressions trained with the labels.",
+        "",
+        f"    {results['command']}",
+    ]
+    for cls, row in sorted(results["rows"].items(), key=lambda kv: int(kv[0])):
+        done = [c for c in hard_classes.CONTEXTS if c in row]
+        if "pixels" not in row or not done:
+            continue
+        header = " | ".join(f"{c} {m}" for c in done for m in ("lh", "nnd", "probe"))
+        lines += ["", f"Normal class {cls} {FASHION_MNIST_CLASSES[int(cls)]}:", "",
+                  f"| anomaly class | {header} | pixel probe | IsolationForest |",
+                  "|---" * (3 * len(done) + 3) + "|"]  # fmt: skip
+        for k in sorted(row["pixels"]["pixel_probe"], key=int):
+            cells = [row[c][m][k] for c in done for m in ("lh", "nnd", "probe")]
+            cells += [row["pixels"]["pixel_probe"][k], row["pixels"]["isolation_forest"][k]]
+            lines.append(f"| {k} {FASHION_MNIST_CLASSES[int(k)]} | "
+                         + " | ".join(f"{100 * v:.1f}" for v in cells) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=[5, 6])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    main(tuple(args.classes), args.data, args.out, args.write_readme)
