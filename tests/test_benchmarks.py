@@ -316,6 +316,8 @@ def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
     text = readme.read_text()
     assert "| 0 T-shirt/top |" in text and "| 1 Trouser |" in text
     assert "context_accuracy" in text and "of 2" in text
+    better = [max(("vflip", "invert"), key=lambda c: whole["rows"][k][c]["auroc"]) for k in "01"]
+    assert f"; always vflip {better.count('vflip')} of 2 and always invert " in text
     assert "**Partial:** not yet run on classes 2, 3, 4, 5, 6, 7, 8, 9." in text
     pixels = whole["pixels"]["0"]
     assert 0.0 <= pixels["intensity_auroc"] <= 1.0
