@@ -159,12 +159,14 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
     if results.get("settings", SETTINGS) != SETTINGS:
         raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
                          f"{SETTINGS}; pass another --out")  # fmt: skip
-    results.update(
-        hardware=hardware(), commit=git_commit(), settings=SETTINGS,
-        command=f"python benchmarks/hard_classes.py --classes {' '.join(map(str, classes))}",
-        pixels={str(k): pixel_statistics(X_train[y_train == k], X_test, y_test == k)
-                for k in np.unique(y_train)},
-    )  # fmt: skip
+    results.update(settings=SETTINGS,
+                   pixels={str(k): pixel_statistics(X_train[y_train == k], X_test, y_test == k)
+                           for k in np.unique(y_train)})  # fmt: skip
+    # the machine and code of this run: recorded with its first fit, so that a rerun with
+    # nothing left to fit (``--write-readme``) renders the file as it was run
+    run = dict(hardware=hardware(), commit=git_commit(),
+               command=f"python benchmarks/hard_classes.py --classes "
+               f"{' '.join(map(str, classes))}")  # fmt: skip
     todo = [(cls, context) for cls in classes for context in CONTEXTS
             if context not in results["rows"].get(str(cls), {})]  # fmt: skip
     print(f"{len(classes) * len(CONTEXTS) - len(todo)} of {len(classes) * len(CONTEXTS)} "
@@ -182,6 +184,7 @@ def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | 
         if all(c in row for c in CONTEXTS):  # both contexts: combine their scores
             combined = np.mean([np.load(partial / f"{cls}-{c}.npy") for c in CONTEXTS], axis=0)
             row["combined"] = {"auroc": roc_auc_score(np.where(y_test == cls, 1, -1), combined)}
+        results.update(run)
         write_json_atomically(path, results)
         if "combined" in row:
             for c in CONTEXTS:

@@ -116,9 +116,14 @@ def main(classes: tuple = (5, 6), data: str | None = None, out: str | None = Non
     if results.get("settings", settings) != settings:
         raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
                          f"{settings}; pass another --out")  # fmt: skip
-    results.update(hardware=hardware(), commit=git_commit(), settings=settings,
-                   command=f"python benchmarks/probe.py --classes "
-                   f"{' '.join(map(str, classes))}")  # fmt: skip
+    # the machine and code of this run: recorded with the first fit it makes, so that a
+    # rerun with nothing left to fit (``--write-readme``) renders the file as it was run
+    run = dict(
+        hardware=hardware(),
+        commit=git_commit(),
+        settings=settings,
+        command=f"python benchmarks/probe.py --classes {' '.join(map(str, classes))}",
+    )
     for cls in classes:
         row = results["rows"].setdefault(str(cls), {})
         for part in ("pixels", *hard_classes.CONTEXTS):
@@ -127,6 +132,7 @@ def main(classes: tuple = (5, 6), data: str | None = None, out: str | None = Non
             row[part] = (
                 pixel_record(cls, data) if part == "pixels" else fit_context(cls, part, data)
             )
+            results.update(run)
             write_json_atomically(path, results)
             if part != "pixels":
                 missed = min(row[part]["lh"], key=row[part]["lh"].get)

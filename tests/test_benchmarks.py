@@ -346,8 +346,12 @@ def test_hard_classes_records_both_contexts_and_resumes_an_interrupted_run(
         assert resumed["rows"][cls]["combined"] == whole["rows"][cls]["combined"]
         assert resumed["rows"][cls]["vflip"]["auroc"] == whole["rows"][cls]["vflip"]["auroc"]
     monkeypatch.setattr(hard_classes, "fit_context", lambda *a: calls.append(a))
-    hard_classes.main(**args, out=str(out))  # everything is in the file already
+    monkeypatch.setattr(hard_classes, "git_commit", lambda: "a-later-commit")
+    # everything is in the file already: nothing runs, and the file keeps its run's commit
+    hard_classes.main(**args, out=str(out), write_readme=True)
     assert calls == [(0, "vflip")]
+    assert f"Code at commit {resumed['commit']}," in readme.read_text()
+    assert resumed["commit"] != "a-later-commit"
 
 
 def test_a_linear_probe_tells_separable_features_from_noise(monkeypatch):
@@ -387,7 +391,11 @@ def test_probe_trains_as_hard_classes_does_and_resumes(toy_hard_classes, tmp_pat
     assert "Normal class 0 T-shirt/top:" in text and "| 1 Trouser | " in text
     assert "| anomaly class | vflip lh | vflip nnd | vflip probe | invert lh |" in text
     monkeypatch.setattr(probe, "fit_context", lambda *a: pytest.fail("refitted a finished fit"))
-    assert probe.main(**args, out=str(tmp_path / "probe.json")) == results
+    monkeypatch.setattr(probe, "git_commit", lambda: "a-later-commit")
+    # nothing left to fit: the file, and the block rendered from it, keep the run's commit
+    assert probe.main(**args, out=str(tmp_path / "probe.json"), write_readme=True) == results
+    assert results["commit"] != "a-later-commit"
+    assert f"Code at commit {results['commit']}," in readme.read_text()
 
 
 def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, monkeypatch):
