@@ -22,7 +22,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oneclass import Eta, ResultsFile, fan_out, fashion_mnist, parallel_fits, render_block, run_con2
+from oneclass import (
+    Eta,
+    ResultsFile,
+    code_at,
+    command_lines,
+    fan_out,
+    fashion_mnist,
+    parallel_fits,
+    render_block,
+    run_con2,
+)
 
 from con2.datasets import FASHION_MNIST_CLASSES
 
@@ -149,22 +159,28 @@ def readme_text(results) -> str:
     rows = results["rows"]
     plan = {level: results["levels"][level] for level in LEVELS if level in results["levels"]}
     pairs = sorted({(r["class"], r["seed"]) for r in rows})
+    seeds = sorted({s for _, s in pairs})
+    by_seed = len(seeds) > 1
     lines = [
-        f"Run {results['date']} to {results['updated']} on {results['hardware']}, code at "
-        f"commit {results['commit']}; {results['settings']['budget_seconds']:g} s of "
+        f"Run {results['date']} to {results['updated']} on {results['hardware']}, "
+        f"{code_at(results)}; {results['settings']['budget_seconds']:g} s of "
         "training per class and level (2 CPU threads, priced by "
         "`results/cost-cpu-frontier.json`); classes "
         f"{', '.join(f'{c} {FASHION_MNIST_CLASSES[c]}' for c in sorted({c for c, _ in pairs}))}"
-        f"; seeds {sorted({s for _, s in pairs})}. AUROC in %: mean over (class, seed) and, "
-        "in brackets, the mean paired difference from the base with its standard error. "
+        f"; seeds {seeds}. AUROC in %: mean over the (class, seed) a level ran on and, "
+        "in brackets, the mean paired difference from the base on the same (class, seed) "
+        "with its standard error; levels that ran on fewer seeds than the base are "
+        "compared by that difference, not by their means. "
         "Training seconds are as measured, at the threads named here and under whatever "
         "ran beside the fit; the budget is the priced one.",
         "",
-        *(f"    {c}" for c in results["commands"]),
+        *command_lines(results),
         "",
         "| level | epochs | training s (measured) | nnd, 40 views | lh, 40 views | lh, 16 views "
-        "| lh, 8 views | fits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| lh, 8 views |"
+        + (" lh, 40 views: paired difference, seed by seed |" if by_seed else "")
+        + " fits (seeds) |",
+        "|---" * (9 if by_seed else 8) + "|",
     ]
     for level in plan:
         if not any(level in r for r in rows):
@@ -184,17 +200,27 @@ def readme_text(results) -> str:
             diffs = 100 * np.array([mine[p] - base[p] for p in shared])
             se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
             columns.append(f"{mean:.1f} ({diffs.mean():+.1f} ± {se:.1f})")
-        n = len(cells(rows, level, ("lh",)))
+        if by_seed:
+            # a level's mean over seeds hides a sign that flips from seed to seed
+            mine, base = dict(cells(rows, level, ("lh",))), dict(cells(rows, "base", ("lh",)))
+            per_seed = []
+            for seed in seeds:
+                diffs = [mine[p] - base[p] for p in mine if p[1] == seed and p in base]
+                if diffs and level != "base":
+                    per_seed.append(f"seed {seed}: {100 * np.mean(diffs):+.1f}")
+            columns.append(", ".join(per_seed) or "-")
+        mine = cells(rows, level, ("lh",))
+        ran = ", ".join(map(str, sorted({s for (_, s), _ in mine})))
         seconds = np.median([v for _, v in cells(rows, level, ("fit_seconds",))])
         lines.append(f"| {level} | {plan[level]['n_epochs']} | {seconds:.0f} | "
-                     + " | ".join(columns) + f" | {n} |")  # fmt: skip
+                     + " | ".join(columns) + f" | {len(mine)} ({ran}) |")  # fmt: skip
     unfinished = [level for level in plan
                   if 0 < len(cells(rows, level, ("lh",))) < len(pairs)
                   or not any(level in r for r in rows)]  # fmt: skip
     if unfinished:
         lines += ["", "**Partial:** the study has not run (or not finished) on every "
                   f"(class, seed): {', '.join(unfinished)}."]  # fmt: skip
-    lines += ["", "Per class (lh, 40 views, mean over seeds):", ""]
+    lines += ["", "Per class (lh, 40 views, mean over the seeds each level ran on):", ""]
     classes = sorted({c for c, _ in pairs})
     lines.append("| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)
                  + " |")  # fmt: skip

@@ -371,7 +371,12 @@ class ResultsFile:
         self.wall_before = self.data["wall_seconds"]
         if command not in self.data["commands"]:
             self.data["commands"].append(command)
-        self.data.update(command=command, hardware=hardware(), commit=git_commit())
+        commit = git_commit()
+        # every commit a command ran at: a table built over several runs names them all
+        ran_at = self.data.setdefault("command_commits", {}).setdefault(command, [])
+        if commit not in ran_at:
+            ran_at.append(commit)
+        self.data.update(command=command, hardware=hardware(), commit=commit)
         self.data.setdefault("date", date.today().isoformat())
 
     def add_row(self, cls, seed, **fields) -> None:
@@ -399,6 +404,22 @@ class ResultsFile:
         self.data["wall_seconds"] = self.wall_before + time.perf_counter() - self.run_started
         self.data["name"] = self.path.stem
         write_json_atomically(self.path, self.data)
+
+
+def code_at(results) -> str:
+    """Say which commit the code ran at: every one, where the file's runs ran at several."""
+    commits = [c for cs in results.get("command_commits", {}).values() for c in cs]
+    distinct = list(dict.fromkeys(commits))
+    if len(distinct) > 1:
+        return f"code at commits {', '.join(map(str, distinct))} (each command's below)"
+    return f"code at commit {results.get('commit')}"
+
+
+def command_lines(results) -> list:
+    """Return the README lines of a file's commands, each with the commits it ran at."""
+    ran_at = results.get("command_commits", {})
+    return [f"    {c}" + (f"  # at {', '.join(map(str, ran_at[c]))}" if ran_at.get(c) else "")
+            for c in results.get("commands") or [results["command"]]]  # fmt: skip
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -580,14 +601,14 @@ def render_readme(results) -> None:
     results = {**results, "rows": [r for r in results["rows"] if configurations([r])]}
     body = "\n".join([
         f"Run {results['date']} to {results.get('updated', results['date'])} on "
-        f"{results['hardware']}, code at commit {results.get('commit')}; preset "
+        f"{results['hardware']}, {code_at(results)}; preset "
         f"`{results['preset']}` "
         f"({', '.join(f'{k}={v}' for k, v in results['settings'].items())}); "
         f"seeds {sorted({r['seed'] for r in results['rows']})}; "
         f"{results['rows'][0]['n_train']} training images per class. AUROC in %, mean over "
         "seeds, best per class in bold.",
         "",
-        *(f"    {c}" for c in results.get("commands", [results["command"]])),
+        *command_lines(results),
         "",
         table(results),
         *partial_note(results),

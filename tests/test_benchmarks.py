@@ -144,6 +144,28 @@ def test_oneclass_resumes_an_interrupted_table_and_skips_finished_fits(toy_onecl
     assert len(more["commands"]) == 2
 
 
+def test_a_table_built_at_several_commits_names_each_one(benchmarks, tmp_path, monkeypatch):
+    oneclass, _, _ = benchmarks
+    commits = iter(["aaa", "aaa", "bbb", "ccc"])
+    monkeypatch.setattr(oneclass, "git_commit", lambda: next(commits))
+    path = tmp_path / "t.json"
+    for run, command in enumerate(("first", "first", "first", "second")):
+        results = oneclass.ResultsFile(path, {"preset": "p"})
+        results.start_run(command)
+        results.add_row(run, 0, n_train=1)
+        results.add(run, 0, "vflip", {"lh": 0.5})
+    saved = json.loads(path.read_text())
+    assert saved["command_commits"] == {"first": ["aaa", "bbb"], "second": ["ccc"]}
+    assert saved["commit"] == "ccc"  # the latest run's, as before
+    assert oneclass.code_at(saved) == "code at commits aaa, bbb, ccc (each command's below)"
+    assert oneclass.command_lines(saved) == ["    first  # at aaa, bbb", "    second  # at ccc"]
+    # one commit (or a file from before commits were kept per command): as it was
+    saved.update(command_commits={"first": ["aaa"], "second": ["aaa"]}, commit="aaa")
+    assert oneclass.code_at(saved) == "code at commit aaa"
+    del saved["command_commits"]
+    assert oneclass.command_lines(saved) == ["    first", "    second"]
+
+
 def test_oneclass_refuses_to_mix_two_tables_in_one_file(toy_oneclass, tmp_path, monkeypatch):
     run, _, oneclass = toy_oneclass
     out = tmp_path / "t.json"
@@ -238,7 +260,7 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     assert row["wide"]["n_epochs"] == 1 and set(row["base"]["views=2"]) == {"nnd", "lh"}
     assert set(row["base"]["fpr"]) == {"nnd leave-one-out", "lh in-sample", "lh leave-one-out"}
     text = readme.read_text()
-    assert "<!-- frontier-study -->" in text and "| wide | 1 |" in text
+    assert "<!-- frontier-study -->" in text and "| wide | 1 |" in text and "| 1 (0) |" in text
     assert "Partial" not in text
     calls = []
     monkeypatch.setattr(frontier, "run_con2", lambda *a: calls.append(a))
@@ -255,6 +277,43 @@ def test_frontier_study_prices_levels_by_measured_cost_and_resumes(toy_frontier,
     text = readme.read_text()
     assert calls == [] and "**Partial:** the study has not run (or not finished)" in text
     assert "every (class, seed): wide." in text and "| wide |" not in text
+
+
+def test_frontier_study_block_shows_a_difference_that_flips_sign_between_seeds(toy_frontier):
+    frontier, _, _ = toy_frontier
+
+    def fit(lh):
+        return {"nnd": lh, "lh": lh, "fit_seconds": 1.0, "views=2": {"nnd": lh, "lh": lh}}
+
+    # "wide" is 2 points ahead of the base on seed 0 and 2 behind on seed 1: a mean over
+    # seeds of +0.0 that the block must not present as "no effect on every seed"
+    rows = [{"class": c, "seed": s, "base": fit(0.90), "wide": fit(0.92 if s == 0 else 0.88)}
+            for c in (1, 2) for s in (0, 1)]  # fmt: skip
+    rows[1]["wide"] = fit(0.87)  # class 1, seed 1: -3
+    results = {
+        "date": "d",
+        "updated": "u",
+        "hardware": "h",
+        "commit": "c",
+        "settings": {"budget_seconds": 2.0},
+        "commands": ["cmd"],
+        "levels": {"base": {"n_epochs": 2}, "wide": {"n_epochs": 1}},
+        "rows": rows,
+    }
+    text = frontier.readme_text(results)
+    assert "paired difference, seed by seed" in text
+    assert "| wide | 1 | 1 | 89.8 (-0.3 ± 1.3) |" in text
+    assert "seed 0: +2.0, seed 1: -2.5 | 4 (0, 1) |" in text
+    # a level that ran on seed 0 only says so; its per-seed difference is seed 0's
+    for row in rows:
+        if row["seed"] == 1:
+            del row["wide"]
+    text = frontier.readme_text(results)
+    assert "| seed 0: +2.0 | 2 (0) |" in text and "**Partial:**" in text
+    # one seed: no per-seed column
+    results["rows"] = [r for r in rows if r["seed"] == 0]
+    text = frontier.readme_text(results)
+    assert "seed by seed" not in text and "| wide | 1 | 1 | 92.0 (+2.0 ± 0.0) |" in text
 
 
 def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_path,
