@@ -33,8 +33,6 @@ from oneclass import NOMINAL_RATES, git_commit, hardware, render_block
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
-from con2._embedding import embed_views
-from con2._input import validate_images
 from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent
@@ -44,9 +42,8 @@ SETTINGS = dict(
 
 
 def embed(det, X):
-    images = validate_images(det, X, reset=False)
-    return embed_views(det.encoder_, images, det.views_, det._forward_size(det.device_),
-                       det.device_)  # fmt: skip
+    """Embeddings of every test-time view of ``X``: what the scorers fit and score."""
+    return torch.from_numpy(det.embed(X, views="all"))
 
 
 def fit_and_embed(X_train, others: dict, seed: int, settings: dict):

@@ -57,11 +57,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector
-from con2._input import to_float, validate_images
-from con2._training import make_views, view_keys
-from con2.augment import KeyedRandom
 from con2.datasets import FASHION_MNIST_CLASSES
-from con2.losses import supcon_loss
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS = dict(base_width=8, n_epochs=8, batch_size=256, n_test_augmentations=16,
@@ -86,17 +82,13 @@ def synthetic_anomalies(x: np.ndarray) -> np.ndarray:
 
 def criteria(det, held: np.ndarray) -> dict:
     """Measure the label-free criteria of a fitted detector on held-out normals."""
-    images = to_float(validate_images(det, held, reset=False))
-    keys = view_keys(1, 0, torch.arange(len(held)), len(det.contexts_) + 1)
-    views, contexts, instances = make_views(images, det.contexts_, det.views_.augment,
-                                            KeyedRandom(keys))  # fmt: skip
-    det.encoder_.eval()
-    with torch.no_grad():
-        z_context, z_content = det.encoder_(views)
-        content = float(supcon_loss(z_content, instances, det.temperature))
-        centroids = torch.stack([z_context[contexts == k].mean(0) for k in (0, 1)])
-        predicted = (z_context @ centroids.T).argmax(1)
-        accuracy = float((predicted == contexts).float().mean())
+    # training-like views of the held-out images, and the objective's own content term
+    projections, contexts, instances = det.project(held, random_state=1)
+    content = float(det.objective_.terms(projections, contexts, instances)["content"])
+    z_context = projections["context"]
+    centroids = torch.stack([z_context[contexts == k].mean(0) for k in (0, 1)])
+    predicted = (z_context @ centroids.T).argmax(1)
+    accuracy = float((predicted == contexts).float().mean())
     fake = synthetic_anomalies(held)
     scores = det.score_samples(np.concatenate([held, fake]))
     truth = np.r_[np.ones(len(held)), -np.ones(len(fake))]

@@ -40,8 +40,6 @@ from sklearn.neighbors import LocalOutlierFactor
 from sklearn.svm import OneClassSVM
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer, check_context
-from con2._embedding import embed_views
-from con2._input import validate_images
 from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 PRESETS = {
@@ -91,7 +89,7 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
     Both scorers see the same encoder and the same test-time views: the fitted ``nnd``
     scorer as ``score_samples`` uses it (training images recognised and left out), and a
     Gaussian scorer fitted on the same training embeddings. One embedding pass of the
-    test set serves both (library internals; the public API would embed twice).
+    test set serves both (``embed(views="all")``, then the scorers themselves).
 
     ``settings`` may hold ``image_size``: both image sets are then resized to it first
     (bilinear, antialiased). Each count in ``view_counts`` below the fit's
@@ -110,11 +108,8 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
         det = Con2Detector(context=context, scorer="nnd", random_state=seed, **settings)
         det.fit(X_train)
         fit_seconds = time.perf_counter() - start
-    forward = det._forward_size(det.device_)
-    train, test = (validate_images(det, X, reset=False) for X in (X_train, X_test))
-    z_train = embed_views(det.encoder_, train, det.views_, forward, det.device_)
-    z_test = embed_views(det.encoder_, test, det.views_, forward, det.device_)
-    exclude = det._train_index.lookup(test).to(z_test.device)
+    z_train, z_test = (torch.from_numpy(det.embed(X, views="all")) for X in (X_train, X_test))
+    exclude = torch.from_numpy(det.find_training_images(X_test))
 
     def aurocs(views, calibration=False):
         nnd = NearestNeighborScorer().fit(z_train[views])

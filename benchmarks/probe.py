@@ -33,6 +33,7 @@ from pathlib import Path
 
 import hard_classes
 import numpy as np
+import torch
 from oneclass import (
     fashion_mnist,
     git_commit,
@@ -48,8 +49,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
-from con2._embedding import embed_views
-from con2._input import validate_images
 from con2.datasets import FASHION_MNIST_CLASSES
 
 ROOT = Path(__file__).resolve().parent
@@ -78,12 +77,7 @@ def fit_context(cls: int, context: str, data) -> dict:
         warnings.simplefilter("ignore", UserWarning)
         det = Con2Detector(context=context, **hard_classes.SETTINGS).fit(train)
     fit_seconds = time.perf_counter() - started
-    forward = det._forward_size(det.device_)
-    z_train, z_test = (
-        embed_views(det.encoder_, validate_images(det, X, reset=False), det.views_, forward,
-                    det.device_)
-        for X in (train, X_test)
-    )  # fmt: skip
+    z_train, z_test = (torch.from_numpy(det.embed(X, views="all")) for X in (train, X_test))
     scorers = {"lh": GaussianScorer(), "nnd": NearestNeighborScorer()}
     scores = {name: scorer.fit(z_train).score_samples(z_test).cpu().numpy()
               for name, scorer in scorers.items()}  # fmt: skip

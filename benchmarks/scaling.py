@@ -1,12 +1,13 @@
 """Data-parallel training throughput: one process against several, side by side.
 
-For each number of processes N, the library's training loop (``fit_encoder``: sharded
-batches, gathered loss, ``DistributedDataParallel``) runs under
+For each number of processes N, ``Con2Detector.fit`` (sharded batches, gathered loss,
+``DistributedDataParallel``) runs under
 ``python -m torch.distributed.run --nproc_per_node=N``, the configurations in turn for
 several rounds. On a CPU every configuration gets the same cores (each process runs
 ``cores // N`` torch threads), so the efficiency is throughput(N) / throughput(1); with
 one GPU per process it is throughput(N) / (N x throughput(1)). Images per second count
-the epochs after the first (start-up and warm-up excluded); medians over rounds.
+the epochs after the first (start-up and warm-up excluded), from the fit's
+``epoch_seconds_``; medians over rounds.
 
     python benchmarks/scaling.py --processes 1 2
 """
@@ -19,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
@@ -31,27 +31,21 @@ ROOT = Path(__file__).resolve().parent
 
 def worker(out: str, width: int, batch_size: int, n_images: int, n_epochs: int) -> None:
     """Run as one torchrun process: train, and (rank 0) write images per second."""
-    from con2._distributed import resolve_group
-    from con2._training import EpochPlan, Schedule, fit_encoder
-    from con2._utils import resolve_device
-    from con2.augment import SimCLRAugment
-    from con2.contexts import VerticalFlip
-    from con2.networks import build_encoder
+    import warnings
 
-    group, device = resolve_group("auto", "auto")
-    device = resolve_device(device)
+    from con2 import Con2Detector
+
     images = torch.randint(0, 256, (n_images, 1, 28, 28), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0)).to(device)  # fmt: skip
-    encoder = build_encoder("resnet18", width, (1, 28, 28), 0, True).to(device)
-    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), batch_size, 0, device, group)
-    schedule = Schedule(n_epochs=n_epochs, learning_rate=1e-3, weight_decay=1e-3,
-                        temperature=0.2, alpha_max=1.0)  # fmt: skip
-    ends = []
-    fit_encoder(encoder, plan, schedule, None, lambda epoch, loss: ends.append(time.perf_counter()))
-    if group.is_main:
+                           generator=torch.Generator().manual_seed(0)).numpy()  # fmt: skip
+    det = Con2Detector(context="vflip", base_width=width, batch_size=batch_size,
+                       n_epochs=n_epochs, n_test_augmentations=2, random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random pixels: no context suits them
+        det.fit(images)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank; one process has no group
         steps = n_images // batch_size
-        per_s = steps * batch_size * (n_epochs - 1) / (ends[-1] - ends[0])
-        Path(out).write_text(json.dumps({"images_per_s": per_s, "device": str(device)}))
+        per_s = steps * batch_size * (n_epochs - 1) / sum(det.epoch_seconds_[1:])
+        Path(out).write_text(json.dumps({"images_per_s": per_s, "device": str(det.device_)}))
 
 
 def launch(n_processes: int, width, batch_size, n_images, n_epochs) -> dict:

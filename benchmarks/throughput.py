@@ -1,8 +1,9 @@
 """Training and scoring speed, measured as ratios side by side in one run.
 
-1. **Overhead**: one Con2 training step through the library's own loop (``train_epoch``:
-   batch gather, context, T, forward, loss, backward, AdamW) against the backbone's
-   forward and backward alone on pre-made tensors of the same shape and precision.
+1. **Overhead**: one Con2 training step of ``Con2Detector.fit`` (batch gather, context,
+   T, forward, loss, backward, AdamW), timed by the fit itself (``epoch_seconds_`` of a
+   warm-started one-epoch fit), against the backbone's forward and backward alone on
+   pre-made tensors of the same shape and precision.
 2. **Conventional pipeline**: a SupContrast-style loop on the same backbone and batch:
    torchvision transforms per image in ``DataLoader`` workers, float32, a host-to-device
    copy every step, the same Con2 loss. Images per second, ours against it.
@@ -17,9 +18,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+import warnings
 from datetime import date
 from pathlib import Path
 
@@ -32,11 +35,8 @@ from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 from torch.utils.data import DataLoader, Dataset
 
-from con2._training import EpochPlan, _autocast, build_optimizer, fast_math, make_views, train_epoch
-from con2._utils import make_generator, resolve_device
+from con2 import Con2Detector, Con2Objective
 from con2.augment import SimCLRAugment
-from con2.contexts import VerticalFlip
-from con2.losses import Con2Loss
 from con2.networks import Encoder, ResNet18
 from con2.scorers import GaussianScorer, NearestNeighborScorer
 
@@ -62,38 +62,59 @@ def images(n, size, channels, seed=0):
     )
 
 
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def training_precision(device):
+    """Return the autocast ``fit`` trains in: bf16 on CUDA (TF32 allowed), none on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
 def con2_runners(device, width, batch_size, size, channels, n_steps):
-    """Return callables running n_steps of the Con2 loop and of the backbone alone."""
-    encoder = Encoder(ResNet18(channels, width)).to(device)
+    """Return callables running n_steps of Con2 and of the backbone alone; each returns seconds.
+
+    Con2 is ``Con2Detector.fit``, warm-started for one epoch of ``n_steps`` steps at a
+    time (a fresh AdamW state each epoch, as a warm start has); its time is the fit's own
+    record of the epoch, without the scorer's fit that follows.
+    """
+    X = images(n_steps * batch_size, size, channels).numpy()
+    det = Con2Detector(context="vflip", base_width=width, batch_size=batch_size, n_epochs=1,
+                       n_test_augmentations=2, device=device.type, random_state=0,
+                       warm_start=True)  # fmt: skip
     backbone = ResNet18(channels, width).to(device)
     if device.type == "cuda":
-        encoder = encoder.to(memory_format=torch.channels_last)
         backbone = backbone.to(memory_format=torch.channels_last)
-    optimizer, scheduler = build_optimizer(encoder, 1e-3, 1e-3, 10**6)
-    plan = EpochPlan(
-        images=images(n_steps * batch_size, size, channels).to(device),
-        contexts=(VerticalFlip(),),
-        augment=SimCLRAugment(),
-        batch_size=batch_size,
-        seed=0,
-        device=device,
-    )
-    # The backbone sees real views (augmented images), made once before timing.
-    x = plan.images[:batch_size].float().div(255)
-    views = make_views(x, plan.contexts, plan.augment, make_generator(1, device))[0]
+    # The backbone sees real views (augmented images in both contexts), made before timing.
+    x = torch.from_numpy(X[:batch_size]).float().div(255)
+    stacked = torch.cat([x, x.flip(-2)]).repeat(2, 1, 1, 1)
+    augment = SimCLRAugment()
+    params = augment.sample(len(stacked), (size, size), torch.Generator().manual_seed(1))
+    views = ((augment.apply(stacked, params) - 0.5) / 0.5).to(device)
     if device.type == "cuda":
         views = views.contiguous(memory_format=torch.channels_last)
-    loss_fn = Con2Loss(0.2)
 
     def con2_epoch():
-        train_epoch(encoder, loss_fn, optimizer, scheduler, plan, 0, iter(lambda: 0.5, None))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # random pixels suit no context
+            det.fit(X)
+        return det.epoch_seconds_[-1]
 
     def backbone_steps():
+        sync(device)
+        start = time.perf_counter()
         for _ in range(n_steps):
             backbone.zero_grad(set_to_none=True)
-            with _autocast(device):
+            with training_precision(device):
                 h = backbone(views)
             h.float().sum().backward()
+        sync(device)
+        return time.perf_counter() - start
 
     return con2_epoch, backbone_steps
 
@@ -110,12 +131,11 @@ def training_speed(device, width, batch_size, size, channels, n_steps, repeats, 
     )
     runners = {"con2": con2_epoch, "backbone": backbone_steps, "conventional": conventional_epoch}
     samples = {name: [] for name in runners}
-    with fast_math(device):
-        for round_ in range(repeats + 1):
-            for name, run in runners.items():
-                seconds = timed(run, device) / n_steps
-                if round_ > 0:  # round 0 warms up allocators, kernels and workers
-                    samples[name].append(seconds)
+    for round_ in range(repeats + 1):
+        for name, run in runners.items():
+            seconds = run() / n_steps
+            if round_ > 0:  # round 0 warms up allocators, kernels and workers
+                samples[name].append(seconds)
     median = {name: statistics.median(values) for name, values in samples.items()}
     return {
         "con2_step_s": median["con2"],
@@ -162,21 +182,23 @@ def conventional_runner(device, width, batch_size, size, channels, n_steps, work
         data, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    encoder = Encoder(ResNet18(channels, width)).to(device)
+    objective = Con2Objective()
+    encoder = Encoder(ResNet18(channels, width), objective.heads(8 * width, 1)).to(device)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=1e-3)
-    loss_fn = Con2Loss(0.2)
     contexts = torch.tensor([0, 1, 0, 1], device=device).repeat_interleave(batch_size)
     instances = torch.arange(batch_size, device=device).repeat(4)
 
-    def epoch():
+    def steps():
         for batch in loader:  # (batch, 4, C, H, W): draw-major order, as make_views
             views = batch.transpose(0, 1).reshape(-1, *batch.shape[2:]).to(device)
-            z_context, z_content = encoder(views)
-            loss = loss_fn(z_context, z_content, contexts, instances, 0.5)
+            loss = objective.loss(encoder(views), contexts, instances, 0.5)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             loss.item()  # the usual per-step logging
+
+    def epoch():
+        return timed(steps, device)
 
     return epoch
 
@@ -184,7 +206,7 @@ def conventional_runner(device, width, batch_size, size, channels, n_steps, work
 def profile_step(device, width, batch_size, size, channels) -> dict:
     """Milliseconds per part of one Con2 step, from ``torch.profiler`` ranges."""
     con2_epoch, _ = con2_runners(device, width, batch_size, size, channels, n_steps=2)
-    con2_epoch()  # warm-up
+    con2_epoch()  # warm-up (the ranges below are the training loop's own, "con2::...")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)

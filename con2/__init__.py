@@ -13,18 +13,23 @@ from con2.contexts import (
     VerticalFlip,
     check_context,
 )
+from con2.objectives import OBJECTIVES, Con2Objective, Objective, SimCLRObjective
 from con2.scorers import SCORERS, GaussianScorer, NearestNeighborScorer, Scorer
 
 __all__ = [
     "CONTEXTS",
+    "OBJECTIVES",
     "SCORERS",
     "ColorInvert",
     "Con2Detector",
+    "Con2Objective",
     "ContextAugmentation",
     "GaussianScorer",
     "HistogramEqualize",
     "NearestNeighborScorer",
+    "Objective",
     "Scorer",
+    "SimCLRObjective",
     "VerticalFlip",
     "__version__",
     "check_context",

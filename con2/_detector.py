@@ -1,49 +1,21 @@
-"""``Con2Detector``: the scikit-learn estimator around the torch code."""
+"""``Con2Detector``: the scikit-learn face of the method.
+
+The class holds the documentation, the parameter constraints, ``__init__`` and thin
+public methods; fitting and scoring happen in :mod:`con2._engine`, thresholds and
+p-values in :mod:`con2._calibration`, files and pickling in :mod:`con2._persistence`.
+"""
 
 from __future__ import annotations
 
-import copy
 import os
-import warnings
 from numbers import Integral, Real
 
-import numpy as np
 import torch
-from sklearn import get_config
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from con2 import _persistence
-from con2._compat import HasMethods, Interval, StrOptions, _fit_context
-from con2._distributed import resolve_group
-from con2._embedding import embed_training_set, embed_views, embedding_buffer, make_test_time_views
-from con2._input import TrainingIndex, scoring_batches, training_images
-from con2._persistence import checkpoint_for
-from con2._training import (
-    EpochPlan,
-    Schedule,
-    fast_math,
-    fit_encoder,
-    place_images,
-    progress_reporter,
-)
-from con2._utils import (
-    derive_seed,
-    loadable_device,
-    make_generator,
-    move,
-    release_cuda_memory,
-    resolve_device,
-)
-from con2.augment import SimCLRAugment
-from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
-from con2.networks import BACKBONES, build_encoder
-from con2.scorers import SCORERS, resolve_scorer
-
-AUTO_CONTAMINATION = 0.01  # what contamination="auto" means: a 1% false-positive target
-_CHECK_SAMPLES = 256  # images check_context looks at during fit
-_SCORING_CHUNK = 2048  # most images embedded and scored at once (scores do not depend on it)
-_TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_")
+from con2 import _calibration, _engine, _persistence
+from con2._compat import Interval, StrOptions, _fit_context
 
 
 class Con2Detector(OutlierMixin, BaseEstimator):
@@ -61,13 +33,19 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     context : {"vflip", "invert", "equalize"}, ContextAugmentation, list or None, \
             default="vflip"
         The context augmentation(s). A list trains with several contexts (paper F.3).
-        ``None`` trains without context: plain SimCLR instance discrimination, the
-        paper's baseline. See :func:`con2.check_context` for choosing one.
+        ``None`` trains without context: with the Con2 objective, plain instance
+        discrimination (the paper's SimCLR baseline). See :func:`con2.check_context`
+        for choosing one.
     scorer : {"nnd", "lh"} or scorer object, default="nnd"
         ``"nnd"``: cosine similarity to the nearest training image
         (:class:`~con2.scorers.NearestNeighborScorer`, keeps all training embeddings).
         ``"lh"``: Gaussian log-likelihood (:class:`~con2.scorers.GaussianScorer`, keeps a
         mean and covariance per view). An object is cloned at fit, never modified.
+    objective : {"con2", "simclr"} or objective object, default="con2"
+        What the encoder is trained to do (:mod:`con2.objectives`). ``"con2"``:
+        context contrasting plus content alignment (:class:`~con2.objectives.Con2Objective`).
+        ``"simclr"``: instance discrimination without context (needs ``context=None``).
+        An object with ``heads`` and ``loss`` methods is cloned at fit, never modified.
     backbone : "resnet18" or callable, default="resnet18"
         ResNet18 from scratch (3x3 stem up to 64 px, ImageNet stem above), or a callable
         ``backbone(image_shape) -> nn.Module`` mapping (batch, C, H, W) to (batch,
@@ -93,9 +71,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     weight_decay : float, default=1e-3
         AdamW weight decay.
     temperature : float, default=0.2
-        Softmax temperature of both loss terms.
+        Softmax temperature of the objective's loss terms (objectives given by name; an
+        objective object carries its own).
     alpha_max : float, default=1.0
-        Final weight of content alignment; the weight rises linearly from 0.
+        Final weight of content alignment; the weight rises linearly from 0 (the
+        ``"con2"`` objective).
     n_test_augmentations : int, default=16
         Number ``A`` of fixed test-time augmentations, split evenly over the contexts
         (the paper uses 40). Scoring cost grows linearly with it.
@@ -148,6 +128,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         The trained backbone and projection heads, on ``device_``.
     contexts_ : tuple of ContextAugmentation
         The resolved context augmentations.
+    objective_ : object
+        The objective the encoder was trained with.
     scorer_ : object
         The fitted scorer.
     views_ : TestTimeViews
@@ -161,6 +143,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         covariance). They set ``offset_`` and give :meth:`p_values`.
     loss_curve_ : list of float
         Mean training loss of each epoch.
+    epoch_seconds_ : list of float
+        Wall-clock seconds of each epoch (NaN for epochs of files from con2 versions that
+        did not record them): what a longer training would cost on this machine.
     image_shape_ : tuple of int
         ``(n_channels, height, width)`` of the training images; image files are resized
         to it when scored.
@@ -192,9 +177,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "context": [StrOptions(set(CONTEXTS)), HasMethods(["__call__"]), list, tuple, None],
-        "scorer": [StrOptions(set(SCORERS)), HasMethods(["fit", "score_samples"])],
-        "backbone": [StrOptions(set(BACKBONES)), callable],
+        # context, scorer, objective and backbone: the names the engine resolves
+        **_engine.COMPONENT_CONSTRAINTS,
         "base_width": [Interval(Integral, 1, None, closed="left")],
         "image_shape": [tuple, list, None],
         "value_range": [tuple, list, None],
@@ -223,6 +207,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         *,
         context="vflip",
         scorer="nnd",
+        objective="con2",
         backbone="resnet18",
         base_width=64,
         image_shape=None,
@@ -248,6 +233,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     ):
         self.context = context
         self.scorer = scorer
+        self.objective = objective
         self.backbone = backbone
         self.base_width = base_width
         self.image_shape = image_shape
@@ -291,15 +277,16 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         -------
         self : Con2Detector
         """
-        with training_images(self, X) as (images, on_disk):
-            self._fit(images, on_disk)
+        fitted = _engine.fit(self, X)  # the detector changes only once the fit succeeded
+        if "feature_names_in_" not in fitted:
+            self.__dict__.pop("feature_names_in_", None)
+        self.__dict__.update(fitted)
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit_predict(self, X, y=None):
         """Fit on ``X`` and label each training image; same as ``fit(X).predict(X)``.
 
-        Reuses the training scores computed during ``fit`` (leave-one-out for ``"nnd"``).
+        Reuses the leave-one-out training scores computed during ``fit``.
 
         Parameters
         ----------
@@ -313,9 +300,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         labels : ndarray of shape (n_samples,), int
             +1 for inliers, -1 for outliers.
         """
-        with training_images(self, X) as (images, on_disk):
-            scores = self._fit(images, on_disk)
-        return _labels(scores - self.offset_)
+        self.fit(X)
+        return _calibration.labels(self.calibration_scores_ - self.offset_)
 
     def score_samples(self, X):
         """Return the normality score of each image: the higher, the more normal.
@@ -330,11 +316,12 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,), float64
             Mean over test-time views of the cosine similarity to the nearest training
-            image (``"nnd"``) or of the Gaussian log-density (``"lh"``). With ``"nnd"``,
-            a training image is scored leave-one-out (not as its own nearest neighbour).
+            image (``"nnd"``) or of the Gaussian log-density (``"lh"``). A training image
+            is scored leave-one-out (not as its own nearest neighbour, nor as part of its
+            own mean and covariance).
         """
         check_is_fitted(self)
-        return np.concatenate([self._score(images) for images in scoring_batches(self, X)])
+        return _engine.score(self, X)
 
     def decision_function(self, X):
         """Return ``score_samples(X) - offset_``; negative values are anomalies.
@@ -362,10 +349,36 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         -------
         labels : ndarray of shape (n_samples,), int
         """
-        return _labels(self.decision_function(X))
+        return _calibration.labels(self.decision_function(X))
 
-    def embed(self, X):
-        """Return the L2-normalised backbone features of the images (no augmentation).
+    def embed(self, X, views=None):
+        """Return L2-normalised backbone features of the images or of their test-time views.
+
+        Parameters
+        ----------
+        X : array-like of images, folder or list of image files
+            As in :meth:`score_samples`.
+        views : None, "all" or array-like of int, default=None
+            None: the images themselves (no context, no augmentation). ``"all"``: every
+            fixed test-time view (``views_``), what the scorer sees. Indices: those
+            test-time views, in that order.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_samples, embed_dim) or (n_views, n_samples, \
+                embed_dim), float32
+            The second shape when ``views`` is given: row ``[a, i]`` is view ``a`` of
+            image ``i``, as a scorer's ``fit`` and ``score_samples`` take them.
+        """
+        check_is_fitted(self)
+        return _engine.embed(self, X, views)
+
+    def find_training_images(self, X):
+        """Return, for each image, the index of the identical training image, or -1.
+
+        Identical means equal pixels after reading (a hash of each training image is
+        kept). Scoring uses it to score training images leave-one-out; it also shows
+        test images that leaked from the training set.
 
         Parameters
         ----------
@@ -374,14 +387,34 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Returns
         -------
-        embeddings : ndarray of shape (n_samples, embed_dim), float32
+        indices : ndarray of shape (n_samples,), int64
         """
         check_is_fitted(self)
-        size = self._forward_size(self.device_)
-        return np.concatenate([
-            embed_views(self.encoder_, images, None, size, self.device_)[0].cpu().numpy()
-            for images in scoring_batches(self, X)
-        ])  # fmt: skip
+        return _engine.find_training_images(self, X)
+
+    def project(self, X, random_state=0):
+        """Project training-like views of images through the objective's heads.
+
+        Two random views of every image in every context, drawn as training draws them,
+        in evaluation mode: for example ``self.objective_.loss(*det.project(X_held),
+        progress=1.0)`` is the training loss on held-out normal images.
+
+        Parameters
+        ----------
+        X : array-like of images, folder or list of image files
+            As in :meth:`score_samples`; all views are kept in memory.
+        random_state : int, RandomState instance or None, default=0
+            Keys the random views.
+
+        Returns
+        -------
+        projections : dict of str to Tensor of shape (n_views, proj_dim)
+            Each head's L2-normalised projections, float32, on the CPU.
+        contexts, instances : Tensor of shape (n_views,), long
+            Context label and image index of each view.
+        """
+        check_is_fitted(self)
+        return _engine.project(self, X, random_state)
 
     def set_threshold(self, fpr):
         """Move ``offset_`` so that about ``fpr`` of new normal images are flagged.
@@ -400,18 +433,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self : Con2Detector
         """
         check_is_fitted(self, "calibration_scores_")
-        n = len(self.calibration_scores_)
-        if not isinstance(fpr, Real) or isinstance(fpr, bool) or not 0 < fpr < 1:
-            raise ValueError(f"fpr must be a number in (0, 1); got {fpr!r}.")
-        if fpr < 1 / (n + 1):
-            raise ValueError(
-                f"fpr={fpr:g} is below 1/(n+1) = {1 / (n + 1):.3g}, the smallest rate {n} "
-                "calibration scores can resolve; allow a larger rate or train on more images."
-            )
-        # Flag x iff p(x) <= fpr, i.e. iff fewer than k + 1 calibration scores are <= s(x),
-        # i.e. iff s(x) < the (k + 1)-th smallest calibration score.
-        k = int(np.floor(fpr * (n + 1) + 1e-9)) - 1
-        self.offset_ = float(np.sort(self.calibration_scores_)[k])
+        self.offset_ = _calibration.offset_for_fpr(self.calibration_scores_, fpr)
         return self
 
     def p_values(self, X):
@@ -435,9 +457,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         p_values : ndarray of shape (n_samples,), float64, in (0, 1]
         """
         check_is_fitted(self, "calibration_scores_")
-        calibration = np.sort(self.calibration_scores_)
-        below = np.searchsorted(calibration, self.score_samples(X), side="right")
-        return (1.0 + below) / (len(calibration) + 1.0)
+        return _calibration.p_values(self.calibration_scores_, self.score_samples(X))
 
     def export(self, path, format="onnx"):
         """Write the scoring path as one graph: ``uint8`` images in, verdicts out.
@@ -461,7 +481,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             runtimes; ``"pt2"`` writes the same module with ``torch.export``.
         """
         check_is_fitted(self)
-        from con2.export import export
+        from con2.export import export  # the exporters are imported only when used
 
         export(self, path, format)
 
@@ -470,7 +490,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Unlike joblib/pickle files, the file holds no code: :func:`con2.load` reads it
         with ``torch.load(weights_only=True)``. Only detectors built from the built-in
-        contexts, backbone and scorers can be saved this way.
+        contexts, objectives, backbone and scorers can be saved this way.
 
         Parameters
         ----------
@@ -478,172 +498,6 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         _persistence.save(self, path)
-
-    def _fit(self, images, on_disk=False):
-        """Train and fit the scorer; return leave-one-out training scores (float64).
-
-        ``on_disk``: the images live in a file (memmap, decode cache); then so do the
-        training embeddings, unless the scorer keeps them anyway (a memory bank).
-        """
-        group, device = resolve_group(self.distributed, self.device)
-        device = resolve_device(device)
-        contexts, scorer = self._check_training_set(images, group)
-        n_samples, image_shape = images.shape[0], tuple(images.shape[1:])
-        warm = self._check_warm_start(image_shape, contexts)
-        previous = list(self.loss_curve_) if warm else []
-        seed = (derive_seed(self.random_state) + len(previous)) % np.iinfo(np.int32).max
-        if warm:
-            encoder = copy.deepcopy(self.encoder_)  # the fitted one stays untouched
-        else:
-            encoder = build_encoder(
-                self.backbone, self.base_width, image_shape, seed, bool(contexts)
-            )
-        plan = EpochPlan(
-            images=place_images(images, device),
-            contexts=contexts,
-            augment=SimCLRAugment(),
-            batch_size=min(self.batch_size, n_samples),
-            seed=seed,
-            device=device,
-            group=group,
-        )
-        memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
-        encoder = encoder.to(device, memory_format=memory_format)
-        loo = getattr(scorer, "leave_one_out", False)
-        spill = on_disk and not group.active and not getattr(scorer, "memory_bank", False)
-        with fast_math(device):
-            checkpoint = checkpoint_for(self, images, device, self.encoder_ if warm else None)
-            verbose = self.verbose if group.is_main else 0  # progress from rank 0 only
-            with progress_reporter(self.n_epochs, verbose) as progress:
-                losses = fit_encoder(encoder, plan, self._schedule(warm), checkpoint, progress)
-            views = make_test_time_views(  # drawn on the CPU: the same on every device
-                self.n_test_augmentations, contexts, image_shape[1:], plan.augment,
-                make_generator(seed, torch.device("cpu")),
-            )  # fmt: skip
-            scores = self._fit_scorer(scorer, encoder, plan, views, spill, loo)
-        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
-        # Fitted state is assigned only now, so a failed fit leaves the previous state.
-        self.encoder_, self.contexts_, self.scorer_, self.views_ = encoder, contexts, scorer, views
-        self.image_shape_, self.device_, self.loss_curve_ = image_shape, device, previous + losses
-        self.n_samples_fit_ = n_samples
-        self._train_index = TrainingIndex(images) if loo else None
-        self.calibration_scores_ = scores
-        self.offset_ = float(np.percentile(scores, 100 * contamination))
-        return scores
-
-    def _fit_scorer(self, scorer, encoder, plan, views, spill: bool, loo: bool) -> np.ndarray:
-        """Fit the scorer on every training image's views; return calibration scores.
-
-        With several processes each embeds its shard and all gather the whole, so every
-        rank fits the identical scorer. ``spill``: the embeddings go to a file.
-        """
-        n_samples = plan.images.shape[0]
-        shape = (len(views), n_samples, encoder.backbone.embed_dim)
-        with embedding_buffer(shape, spill, self.cache_dir) as out:
-            embeddings = embed_training_set(
-                encoder, plan, views, self._forward_size(plan.device), out
-            )
-            scorer.fit(embeddings)
-            exclude = torch.arange(n_samples, device=plan.device) if loo else None
-            return scorer.score_samples(embeddings, exclude).cpu().numpy()
-
-    def _check_training_set(self, images, group):
-        """Check the images against the settings; return contexts and a fresh scorer."""
-        n_samples = images.shape[0]
-        if n_samples < 2:
-            raise ValueError(
-                f"Con2Detector needs at least 2 training images; got n_samples={n_samples}."
-            )
-        if images[0].numel() < 2:
-            raise ValueError(
-                "Con2Detector needs images of more than one pixel; got n_features=1 "
-                f"(image shape {tuple(images.shape[1:])})."
-            )
-        contexts = resolve_contexts(self.context)
-        if self.n_test_augmentations < len(contexts) + 1:
-            raise ValueError(
-                f"n_test_augmentations={self.n_test_augmentations} is fewer than the "
-                f"{len(contexts) + 1} contexts; each context needs at least one view."
-            )
-        if min(self.batch_size, n_samples) < group.world_size:
-            raise ValueError(
-                f"batch_size={self.batch_size} (with {n_samples} images) is smaller than "
-                f"the {group.world_size} processes sharing each batch; every process needs "
-                "at least one image per step."
-            )
-        if self.sync_batchnorm and not (group.active and torch.distributed.get_backend() == "nccl"):
-            raise ValueError(
-                "sync_batchnorm=True synchronises batch-norm statistics between GPUs and needs "
-                "a distributed fit with the NCCL backend (torchrun on CUDA devices); this fit "
-                + ("uses gloo on the CPU." if group.active else "runs in a single process.")
-            )
-        if group.is_main:
-            warn_if_unsuitable(images, contexts, max_samples=_CHECK_SAMPLES)
-        return contexts, resolve_scorer(self.scorer)
-
-    def _check_warm_start(self, image_shape, contexts) -> bool:
-        """Whether this fit continues the fitted encoder (``warm_start``)."""
-        if not (self.warm_start and hasattr(self, "encoder_")):
-            return False
-        if image_shape != self.image_shape_ or len(contexts) != len(self.contexts_):
-            raise ValueError(
-                f"warm_start continues a model fitted on images of shape {self.image_shape_} "
-                f"with {len(self.contexts_)} context(s); got {image_shape} and "
-                f"{len(contexts)}. Set warm_start=False to train a new model."
-            )
-        return True
-
-    def _schedule(self, warm: bool) -> Schedule:
-        return Schedule(
-            n_epochs=self.n_epochs, learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay, temperature=self.temperature,
-            alpha_max=self.alpha_max, warm=warm, compile=self.compile,
-            sync_batchnorm=self.sync_batchnorm,
-        )  # fmt: skip
-
-    def _score(self, images) -> np.ndarray:
-        exclude = None if self._train_index is None else self._train_index.lookup(images)
-        # Images per scorer call: their embeddings fit in scikit-learn's working_memory,
-        # and at most _SCORING_CHUNK of them, so memory does not grow with the data.
-        megabytes = get_config()["working_memory"]
-        per_image = 4 * len(self.views_) * self._embed_dim()
-        chunk = max(1, min(_SCORING_CHUNK, megabytes * 2**20 // per_image))
-        forward = self._forward_size(self.device_)
-        scores, start = [], 0
-        while start < images.shape[0]:
-            part = None if exclude is None else exclude[start : start + chunk]
-            try:
-                z = embed_views(self.encoder_, images[start : start + chunk], self.views_,
-                                forward, self.device_)  # fmt: skip
-                scores.append(self.scorer_.score_samples(z, part).cpu())
-            except torch.cuda.OutOfMemoryError:
-                if chunk == 1 and forward == 1:
-                    raise
-                # Fewer images per chunk first (results unchanged); then smaller passes.
-                if chunk * len(self.views_) > forward:
-                    chunk = max(1, chunk // 2)
-                else:
-                    chunk, forward = max(1, chunk // 2), max(1, forward // 2)
-                release_cuda_memory()
-                warnings.warn(
-                    f"CUDA ran out of memory while scoring; retrying with {chunk} images "
-                    f"per chunk and {forward} views per forward pass.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                continue
-            start += chunk
-        return torch.cat(scores).numpy().astype(np.float64, copy=False)
-
-    def _forward_size(self, device) -> int:
-        """Return the number of views per forward pass when embedding.
-
-        Small on the CPU, where throughput hardly depends on batch size; large on CUDA.
-        """
-        return 32 if device.type == "cpu" else 4 * self.batch_size
-
-    def _embed_dim(self) -> int:
-        return self.encoder_.backbone.embed_dim
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -653,26 +507,11 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         return tags
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: never alter the live object
-        if state.get("device_") is not None and state["device_"].type != "cpu":
-            moved = move(tuple(state[k] for k in _TORCH_STATE), "cpu")
-            state.update(zip(_TORCH_STATE, moved, strict=True))
-        return state
+        # a copy: never alter the live object (BaseEstimator returns __dict__ itself)
+        return _persistence.portable_state(dict(super().__getstate__()))
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        device = state.get("device_")
-        if device is not None:
-            self.device_ = loadable_device(device)
-            if self.device_.type != "cpu":
-                moved = move(tuple(state[k] for k in _TORCH_STATE), self.device_)
-                self.__dict__.update(zip(_TORCH_STATE, moved, strict=True))
-
-
-def _labels(decision: np.ndarray) -> np.ndarray:
-    labels = np.ones_like(decision, dtype=int)
-    labels[decision < 0] = -1
-    return labels
+        self.__dict__.update(_persistence.restore_state(state))
 
 
 def load(path, device=None) -> Con2Detector:
@@ -694,7 +533,4 @@ def load(path, device=None) -> Con2Detector:
     -------
     detector : Con2Detector
     """
-    params, fitted, payload = _persistence.read(path)
-    detector = Con2Detector(**params)
-    _persistence.restore(detector, payload, fitted, device)
-    return detector
+    return _persistence.load(Con2Detector, path, device)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["Group", "all_gather_with_grad", "resolve_group"]
+__all__ = ["Group", "all_gather_with_grad", "check_sync_batchnorm", "resolve_group"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +140,13 @@ def resolve_group(distributed, device_param: str) -> tuple[Group, str]:
     elif device_param == "auto" and dist.get_backend() != "nccl":
         device = "cpu"
     return Group(dist.get_rank(), dist.get_world_size()), device
+
+
+def check_sync_batchnorm(sync_batchnorm: bool, group: Group) -> None:
+    """Refuse ``sync_batchnorm=True`` outside a distributed fit on NCCL (several GPUs)."""
+    if sync_batchnorm and not (group.active and dist.get_backend() == "nccl"):
+        raise ValueError(
+            "sync_batchnorm=True synchronises batch-norm statistics between GPUs and needs "
+            "a distributed fit with the NCCL backend (torchrun on CUDA devices); this fit "
+            + ("uses gloo on the CPU." if group.active else "runs in a single process.")
+        )

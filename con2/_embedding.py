@@ -58,6 +58,12 @@ class TestTimeViews:
     def __len__(self) -> int:
         return len(self.params)
 
+    def select(self, indices: Tensor) -> TestTimeViews:
+        """Return the views at ``indices`` (a long tensor on the CPU), in that order."""
+        params = self.params.map(lambda t: t[indices.to(t.device)])
+        return TestTimeViews(self.contexts, self.augment, params,
+                             self.view_contexts[indices.to(self.view_contexts.device)])  # fmt: skip
+
     def to(self, device: torch.device) -> TestTimeViews:
         """Return the same views with their tensors on ``device``."""
         params = self.params.map(lambda t: t.to(device))

@@ -30,6 +30,7 @@ from numbers import Real
 import numpy as np
 import torch
 from sklearn import get_config
+from sklearn.base import clone
 from sklearn.utils.validation import check_array, validate_data
 
 from con2 import io
@@ -122,9 +123,10 @@ def _check_array(X, estimator=None, reset=True) -> np.ndarray:
 def validate_images(estimator, X, *, reset: bool) -> torch.Tensor:
     """Validate ``X`` for ``estimator`` and return canonical images.
 
-    With ``reset=True`` (in ``fit``) this sets ``n_features_in_`` (the number of pixel
-    values per image), ``feature_names_in_`` for DataFrames, and the caller stores the
-    image shape. With ``reset=False`` the images must match ``estimator.image_shape_``.
+    With ``reset=True`` (in ``fit``) scikit-learn's validation records
+    ``n_features_in_`` and, for DataFrames, ``feature_names_in_`` on ``estimator``
+    (:func:`training_images` passes a stand-in, so the detector changes only when its fit
+    succeeds). With ``reset=False`` the images must match ``estimator.image_shape_``.
     """
     if not reset:
         _refuse_single_image(X, estimator.image_shape_)
@@ -134,8 +136,6 @@ def validate_images(estimator, X, *, reset: bool) -> torch.Tensor:
     else:
         shape = estimator.image_shape_
     images = _to_nchw(X, shape, fitted=not reset)
-    if reset:
-        estimator.n_features_in_ = int(np.prod(images.shape[1:]))
     return _to_unit_range(images, check_value_range(estimator.value_range))
 
 
@@ -288,15 +288,23 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def training_images(estimator, X):
-    """Yield ``(images, on_disk)``: canonical training images, and whether they live on disk.
+    """Yield ``(images, on_disk, features)`` for a fit of ``estimator`` on ``X``.
 
-    Arrays are validated as :func:`validate_images` does. Files are listed, every header
-    is checked, then all are decoded in parallel into a memory-mapped cache in
-    ``estimator.cache_dir`` (a temporary folder when None), removed on leaving the block.
-    Sets ``n_features_in_``; the caller stores the image shape.
+    ``images`` are the canonical training images and ``on_disk`` says whether they live
+    in a file. Arrays are validated as :func:`validate_images` does. Files are listed,
+    every header is checked, then all are decoded in parallel into a memory-mapped cache
+    in ``estimator.cache_dir`` (a temporary folder when None), removed on leaving the
+    block. ``features`` holds the fitted attributes the input sets, ``n_features_in_``
+    (pixel values per image) and, for a DataFrame, ``feature_names_in_``; the estimator
+    itself is not changed.
     """
     if not io.is_file_input(X):
-        yield validate_images(estimator, X, reset=True), on_disk(X)
+        stand_in = clone(estimator)  # scikit-learn's validation records features on it
+        images = validate_images(stand_in, X, reset=True)
+        features = {"n_features_in_": int(np.prod(images.shape[1:]))}
+        if hasattr(stand_in, "feature_names_in_"):
+            features["feature_names_in_"] = stand_in.feature_names_in_
+        yield images, on_disk(X), features
         return
     paths = io.list_images(X)
     infos = io.inspect_files(paths)
@@ -304,8 +312,7 @@ def training_images(estimator, X):
     value_range = check_value_range(estimator.value_range)
     dtype = io.cache_dtype(infos, value_range)
     with io.decode_cache(paths, shape, dtype, value_range, estimator.cache_dir) as cache:
-        estimator.n_features_in_ = int(np.prod(shape))
-        yield _as_tensor(cache), True
+        yield _as_tensor(cache), True, {"n_features_in_": int(np.prod(shape))}
 
 
 def scoring_batches(estimator, X):

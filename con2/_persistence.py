@@ -6,14 +6,23 @@ the constructor parameters and fitted scalars as JSON text, the encoder's ``stat
 the scorer's fitted tensors, the test-time augmentation parameters and the training-image
 hashes. :func:`load` reads it with ``torch.load(weights_only=True)``, which refuses
 anything else, and rebuilds the detector from the package's own classes. Only built-in
-components can travel this way: a user-written context, backbone or scorer is code, and
-code is what this format refuses to carry.
+components can travel this way: a user-written context, backbone, objective or scorer is
+code, and code is what this format refuses to carry.
+
+Format versions: 1 (con2 before the objective seam) stored the heads as ``head_context``
+and ``head_content`` and no objective; it is read as the Con2 objective with the file's
+``temperature`` and ``alpha_max``. 2 adds the objective and the epochs' seconds.
+
+Pickling (joblib) goes through :func:`portable_state` and :func:`restore_state`: a
+detector fitted on a GPU is pickled with its tensors on the CPU and unpickled on the best
+device the loading machine has.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import warnings
@@ -26,16 +35,20 @@ from sklearn.base import clone
 
 from con2._embedding import TestTimeViews
 from con2._input import TrainingIndex
-from con2._utils import loadable_device, resolve_device
+from con2._utils import loadable_device, move, resolve_device
 from con2._version import __version__
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts
 from con2.networks import build_encoder
+from con2.objectives import OBJECTIVES, resolve_objective
 from con2.scorers import SCORERS
 
 FORMAT = "con2-weights"
-FORMAT_VERSION = 1
-_FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_", "n_samples_fit_")
+FORMAT_VERSION = 2
+_READS = (1, 2)  # format versions this con2 reads
+_FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_", "epoch_seconds_",
+           "n_samples_fit_")  # fmt: skip
+TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_", "objective_")  # moved when pickled
 
 
 def save(detector, path) -> None:
@@ -50,8 +63,11 @@ def save(detector, path) -> None:
         )
     params = {k: _plain(k, v) for k, v in detector.get_params(deep=False).items()}
     scorer = detector.scorer_
-    params["scorer"] = {"name": _name(SCORERS, scorer), "params": scorer.get_params()}
+    params["scorer"] = _spec(SCORERS, scorer)
+    if not isinstance(detector.objective, str):
+        params["objective"] = _spec(OBJECTIVES, detector.objective)
     fitted = {name: _plain(name, getattr(detector, name, None)) for name in _FITTED}
+    fitted["objective"] = _spec(OBJECTIVES, detector.objective_)
     fitted["device_"] = str(detector.device_)
     fitted["contexts"] = [_name(CONTEXTS, c) for c in detector.contexts_]
     fitted["augment"] = asdict(detector.views_.augment)
@@ -91,20 +107,38 @@ def read(path) -> tuple[dict, dict, dict]:
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a con2 weights-only file.")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in _READS:
         raise ValueError(
             f"{path} has format version {payload.get('format_version')} (written by con2 "
-            f"{payload.get('con2_version')}); con2 {__version__} reads version "
-            f"{FORMAT_VERSION}. Load it with the con2 version that wrote it."
+            f"{payload.get('con2_version')}); con2 {__version__} reads versions "
+            f"{', '.join(map(str, _READS))}. Load it with the con2 version that wrote it."
         )
     _warn_if_other_version(path, payload.get("con2_version"))
     params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
-    spec = params["scorer"]
-    params["scorer"] = SCORERS[spec["name"]](**spec["params"])
+    if payload["format_version"] == 1:
+        params, fitted, payload = _from_version_1(params, fitted, payload)
+    params["scorer"] = _build(SCORERS, params["scorer"])
+    if isinstance(params["objective"], dict):
+        params["objective"] = _build(OBJECTIVES, params["objective"])
     for key in ("image_shape", "value_range"):  # JSON turned the tuples into lists
         if params.get(key) is not None:
             params[key] = tuple(params[key])
     return params, fitted, payload
+
+
+def _from_version_1(params: dict, fitted: dict, payload: dict) -> tuple:
+    """Read a version-1 file as version 2: the Con2 objective, heads renamed."""
+    params = {**params, "objective": "con2"}
+    objective = resolve_objective("con2", params["temperature"], params["alpha_max"])
+    seconds = [math.nan] * len(fitted["loss_curve_"])  # not recorded before version 2
+    fitted = {**fitted, "objective": _spec(OBJECTIVES, objective), "epoch_seconds_": seconds}
+    renamed = {"head_context.": "heads.context.", "head_content.": "heads.content."}
+    encoder = {}
+    for key, value in payload["encoder"].items():
+        for old, new in renamed.items():
+            key = new + key[len(old) :] if key.startswith(old) else key
+        encoder[key] = value
+    return params, fitted, {**payload, "encoder": encoder}
 
 
 def _warn_if_other_version(path, written_by) -> None:
@@ -139,9 +173,12 @@ def restore(detector, payload: dict, fitted: dict, device=None) -> None:
 def _restore(detector, payload, fitted, device) -> None:
     contexts = resolve_contexts(fitted["contexts"] or None)
     image_shape = tuple(fitted["image_shape_"])
-    encoder = build_encoder(
-        detector.backbone, detector.base_width, image_shape, 0, context_head=bool(contexts)
-    )
+    objective = _build(OBJECTIVES, fitted["objective"])
+
+    def heads(embed_dim):
+        return objective.heads(embed_dim, len(contexts))
+
+    encoder = build_encoder(detector.backbone, detector.base_width, image_shape, 0, heads)
     encoder.load_state_dict(payload["encoder"])
     scorer = clone(detector.scorer)  # the parameter itself stays unfitted
     for name, value in payload["scorer"].items():
@@ -151,12 +188,14 @@ def _restore(detector, payload, fitted, device) -> None:
                                for k, v in fitted["augment"].items()})  # fmt: skip
     detector.encoder_ = encoder.to(device)
     detector.contexts_ = contexts
+    detector.objective_ = objective
     detector.scorer_ = scorer
     detector.views_ = TestTimeViews(contexts, augment, params, payload["view_contexts"])
     detector.offset_ = float(fitted["offset_"])
     detector.image_shape_ = image_shape
     detector.n_features_in_ = int(fitted["n_features_in_"])
     detector.loss_curve_ = list(fitted["loss_curve_"])
+    detector.epoch_seconds_ = list(fitted["epoch_seconds_"])
     detector.n_samples_fit_ = fitted.get("n_samples_fit_")  # absent from older files
     detector.device_ = device
     detector._train_index = _index_from_tensors(payload["train_index"])
@@ -171,6 +210,8 @@ def _check_builtin(detector) -> None:
     problems += [f"context {c!r}" for c in detector.contexts_ if _name(CONTEXTS, c) is None]
     if _name(SCORERS, detector.scorer_) is None:
         problems.append(f"scorer {detector.scorer_!r}")
+    if _name(OBJECTIVES, detector.objective_) is None:
+        problems.append(f"objective {detector.objective_!r}")
     if problems:
         raise TypeError(
             "save() writes built-in components only; this detector uses user-written "
@@ -184,6 +225,16 @@ def _name(registry: dict, obj):
         if type(obj) is cls:
             return name
     return None
+
+
+def _spec(registry: dict, obj) -> dict:
+    """Describe a built-in component as plain data: its registry name and parameters."""
+    return {"name": _name(registry, obj), "params": obj.get_params()}
+
+
+def _build(registry: dict, spec: dict):
+    """Rebuild a component written by :func:`_spec`."""
+    return registry[spec["name"]](**spec["params"])
 
 
 def _plain(key, value):
@@ -201,8 +252,8 @@ def _plain(key, value):
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if key == "scorer":
-        return None  # replaced by the scorer's name and parameters
+    if key in ("scorer", "objective"):
+        return None  # replaced by the component's name and parameters
     raise TypeError(f"save() cannot store parameter {key}={value!r}.")
 
 
@@ -264,19 +315,19 @@ class Checkpoint:
         os.replace(temporary, self.path)
 
 
-def checkpoint_for(detector, images, device, start=None):
+def checkpoint_for(detector, images, device, objective, start=None):
     """Return the checkpoint of a fit (None without ``checkpoint_path``).
 
     Its fingerprint covers the training images (values and shape), the device type,
-    every setting that changes the training trajectory and, for a warm start, the
-    weights the fit starts from (``start``), so a checkpoint is only resumed by the fit
-    that wrote it.
+    the objective (its class and parameters), every other setting that changes the
+    training trajectory and, for a warm start, the weights the fit starts from
+    (``start``), so a checkpoint is only resumed by the fit that wrote it.
     """
     if detector.checkpoint_path is None:
         return None
     keys = (
         "context", "backbone", "base_width", "n_epochs", "batch_size", "learning_rate",
-        "weight_decay", "temperature", "alpha_max", "random_state", "warm_start",
+        "weight_decay", "random_state", "warm_start",
     )  # fmt: skip
     params = detector.get_params()
     digest = hashlib.blake2b(digest_size=16)
@@ -285,8 +336,49 @@ def checkpoint_for(detector, images, device, start=None):
     digest.update(repr((tuple(images.shape), device.type)).encode())
     digest.update(b"views keyed by image index")  # not resumable from older checkpoints
     digest.update(repr({k: params[k] for k in keys}).encode())
+    digest.update(f"{type(objective).__qualname__} {_settings(objective)}".encode())
     if start is not None:
         for name, tensor in start.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return Checkpoint(detector.checkpoint_path, detector.checkpoint_every, digest.hexdigest())
+
+
+def _settings(component) -> str:
+    """Describe a component's settings for a fingerprint: its parameters, or its repr."""
+    get_params = getattr(component, "get_params", None)
+    return repr(sorted(get_params().items())) if callable(get_params) else repr(component)
+
+
+def portable_state(state: dict) -> dict:
+    """Return the state to pickle: ``state`` with its torch state moved to the CPU.
+
+    ``state`` is a copy of the detector's ``__dict__``; the live object is not changed.
+    """
+    device = state.get("device_")
+    if device is not None and device.type != "cpu":
+        moved = move(tuple(state[k] for k in TORCH_STATE), "cpu")
+        state.update(zip(TORCH_STATE, moved, strict=True))
+    return state
+
+
+def restore_state(state: dict) -> dict:
+    """Return an unpickled state with its torch state on the best device available here.
+
+    A model fitted on CUDA loads on a machine without it on the CPU, with a warning.
+    """
+    device = state.get("device_")
+    if device is not None:
+        state["device_"] = loadable_device(device)
+        if state["device_"].type != "cpu":
+            moved = move(tuple(state[k] for k in TORCH_STATE), state["device_"])
+            state.update(zip(TORCH_STATE, moved, strict=True))
+    return state
+
+
+def load(cls, path, device=None):
+    """Read a file written by :func:`save` into a new detector of class ``cls``."""
+    params, fitted, payload = read(path)
+    detector = cls(**params)
+    restore(detector, payload, fitted, device)
+    return detector

@@ -1,6 +1,9 @@
 """The pure-torch training loop: views, one step, one epoch, a whole fit.
 
-Nothing here knows about scikit-learn. Shapes: images are (n_samples, n_channels, height,
+Generic over the training objective (:mod:`con2.objectives`): the loop draws the views,
+runs the encoder and its heads, gathers projections over processes and steps the
+optimiser; the objective alone turns projections into a loss. Nothing here knows about
+scikit-learn. Shapes: images are (n_samples, n_channels, height,
 width), ``uint8`` or floats in [0, 1]; views are normalised to [-1, 1] by
 ``(x - 0.5) / 0.5`` after the context and the augmentations [paper, appendix D].
 """
@@ -11,6 +14,7 @@ import contextlib
 import copy
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +28,6 @@ from con2._distributed import Group
 from con2._embedding import context_images, normalize
 from con2._input import to_float
 from con2.augment import KeyedRandom, SimCLRAugment, hash_words
-from con2.losses import Con2Loss
 
 
 def make_views(
@@ -85,30 +88,31 @@ def epoch_order(n_samples: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n_samples, generator=generator)
 
 
-def train_step(encoder, loss_fn, optimizer, batch: tuple, alpha: float, group=None,
+def train_step(encoder, objective, optimizer, batch: tuple, progress: float, group=None,
                sizes=None) -> Tensor:  # fmt: skip
     """One optimisation step on ``batch = (views, context_labels, instance_labels)``.
 
-    With a distributed ``group``, ``views`` are this rank's and the labels those of
-    every rank's views in rank order (``sizes[r]`` views on rank r): the projections are
-    gathered and this rank's loss is that of its own anchors against all views, times
-    the number of ranks, so that the gradient averaged by ``DistributedDataParallel`` is
-    the single-process gradient of the global batch. Returns this rank's share of the
-    loss as a detached 0-d tensor (no host synchronisation).
+    ``objective`` (see :mod:`con2.objectives`) turns the heads' projections into the
+    loss, at training ``progress`` in [0, 1]. With a distributed ``group``, ``views`` are
+    this rank's and the labels those of every rank's views in rank order (``sizes[r]``
+    views on rank r): the projections are gathered and this rank's loss is that of its
+    own anchors against all views, times the number of ranks, so that the gradient
+    averaged by ``DistributedDataParallel`` is the single-process gradient of the global
+    batch. Returns this rank's share of the loss as a detached 0-d tensor (no host
+    synchronisation).
     """
     views, context_labels, instance_labels = batch
     if views.device.type == "cuda":
         views = views.contiguous(memory_format=torch.channels_last)
     with record_function("con2::forward"), _autocast(views.device):
-        z_context, z_content = encoder(views)
+        projections = encoder(views)
     with record_function("con2::loss"):
         anchors, scale = None, 1
         if group is not None and group.active:
             start = sum(sizes[: group.rank])
             anchors, scale = slice(start, start + sizes[group.rank]), group.world_size
-            z_content = group.gather(z_content, sizes)
-            z_context = None if z_context is None else group.gather(z_context, sizes)
-        loss = loss_fn(z_context, z_content, context_labels, instance_labels, alpha, anchors)
+            projections = {name: group.gather(z, sizes) for name, z in projections.items()}
+        loss = objective.loss(projections, context_labels, instance_labels, progress, anchors)
     with record_function("con2::backward"):
         optimizer.zero_grad(set_to_none=True)
         (loss * scale).backward()
@@ -122,30 +126,32 @@ class EpochPlan:
     """What one epoch needs besides the model and the optimiser.
 
     The training images (on the device, or in host memory when they do not fit), the
-    contexts, the augmentation family, images per step (the global batch), the seed
-    that keys every random draw, the device where the steps run, and the processes
-    sharing the training (:class:`con2._distributed.Group`).
+    contexts, the augmentation family, the objective (:mod:`con2.objectives`), images
+    per step (the global batch), the seed that keys every random draw, the device where
+    the steps run, and the processes sharing the training
+    (:class:`con2._distributed.Group`).
     """
 
     images: Tensor
     contexts: tuple
     augment: SimCLRAugment
+    objective: object
     batch_size: int
     seed: int
     device: torch.device
     group: Group = field(default_factory=Group)
 
 
-def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, epoch: int,
-                alphas) -> Tensor:  # fmt: skip
+def train_epoch(encoder, optimizer, scheduler, plan: EpochPlan, epoch: int,
+                progress) -> Tensor:  # fmt: skip
     """Run epoch ``epoch`` over shuffled ``plan.images``, dropping the last incomplete batch.
 
-    ``encoder`` may be a compiled or distributed wrapper of the encoder. ``alphas`` yields
-    the content weight of each step. Each rank takes its shard of every global batch. No
-    step synchronises with the host: images stay on the device (or, when they do not fit,
-    are gathered into pinned memory and copied without blocking), and the mean loss over
-    the global batch is returned as a 0-d device tensor for the caller to read once per
-    epoch.
+    ``encoder`` may be a compiled or distributed wrapper of the encoder. ``progress``
+    yields the training progress of each step (:func:`progress_schedule`). Each rank
+    takes its shard of every global batch. No step synchronises with the host: images
+    stay on the device (or, when they do not fit, are gathered into pinned memory and
+    copied without blocking), and the mean loss over the global batch is returned as a
+    0-d device tensor for the caller to read once per epoch.
     """
     encoder.train()
     n_samples, device, group = plan.images.shape[0], plan.device, plan.group
@@ -165,8 +171,8 @@ def train_epoch(encoder, loss_fn, optimizer, scheduler, plan: EpochPlan, epoch: 
             keys = view_keys(plan.seed, epoch, batch_indices.to(device, non_blocking=True),
                              n_contexts)  # fmt: skip
             views = make_views(x, plan.contexts, plan.augment, KeyedRandom(keys))[0]
-        total += train_step(encoder, loss_fn, optimizer, (views, *labels), next(alphas),
-                            group, sizes)  # fmt: skip
+        total += train_step(encoder, plan.objective, optimizer, (views, *labels),
+                            next(progress), group, sizes)  # fmt: skip
         scheduler.step()
     return group.sum(total) / n_batches
 
@@ -212,13 +218,14 @@ def build_optimizer(encoder: nn.Module, learning_rate: float, weight_decay: floa
     return optimizer, scheduler
 
 
-def alpha_schedule(alpha_max: float, n_steps: int, start: int = 0, warm: bool = False):
-    """Yield the content weight per step, rising linearly from 0 to ``alpha_max``.
+def progress_schedule(n_steps: int, start: int = 0, warm: bool = False):
+    """Yield the training progress of each step, rising linearly from 0 to 1.
 
-    ``warm`` (continuing a fitted encoder) holds it at ``alpha_max``.
+    ``warm`` (continuing a fitted encoder) holds it at 1: the objective's schedule (Con2's
+    content weight, say) stays where the first fit left it.
     """
     for step in range(start, n_steps):
-        yield alpha_max if warm else alpha_max * step / max(1, n_steps - 1)
+        yield 1.0 if warm else step / max(1, n_steps - 1)
 
 
 @dataclass
@@ -228,15 +235,13 @@ class Schedule:
     n_epochs: int
     learning_rate: float
     weight_decay: float
-    temperature: float
-    alpha_max: float
     warm: bool = False
     compile: bool = False
     sync_batchnorm: bool = False
 
 
-def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progress) -> list:
-    """Train ``encoder`` for ``schedule.n_epochs`` epochs; return the loss of each epoch.
+def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progress) -> tuple:
+    """Train ``encoder`` for ``schedule.n_epochs`` epochs; return each epoch's loss and seconds.
 
     ``checkpoint`` (a :class:`con2._persistence.Checkpoint` or None) is resumed from if it
     holds a state of this very fit, and written every ``checkpoint.every`` epochs (by rank
@@ -255,32 +260,33 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
         devices = [plan.device.index] if plan.device.type == "cuda" else None
         model = DistributedDataParallel(trained, device_ids=devices)
     model = torch.compile(model) if schedule.compile else model
-    loss_fn = Con2Loss(schedule.temperature)
     steps_per_epoch = plan.images.shape[0] // plan.batch_size
     n_steps = schedule.n_epochs * steps_per_epoch
     optimizer, scheduler = build_optimizer(
         trained, schedule.learning_rate, schedule.weight_decay, n_steps
     )
     state = checkpoint.load() if checkpoint is not None else None
-    losses, start = [], 0
+    losses, seconds, start = [], [], 0
     if state is not None:
         trained.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        losses, start = list(state["losses"]), len(state["losses"])
-    alphas = alpha_schedule(
-        schedule.alpha_max, n_steps, start * steps_per_epoch, warm=schedule.warm
-    )
+        losses, seconds = list(state["losses"]), list(state["seconds"])
+        start = len(losses)
+    steps = progress_schedule(n_steps, start * steps_per_epoch, warm=schedule.warm)
     for epoch in range(start, schedule.n_epochs):
-        # the same number on every rank (a sum over ranks), so all stop together
-        loss = float(train_epoch(model, loss_fn, optimizer, scheduler, plan, epoch, alphas))
+        began = time.perf_counter()
+        # the same number on every rank (a sum over ranks), so all stop together; reading
+        # it waits for the epoch's last step, so the clock below measures the whole epoch
+        loss = float(train_epoch(model, optimizer, scheduler, plan, epoch, steps))
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
-                f"(now {schedule.learning_rate}) or raise temperature (now "
-                f"{schedule.temperature}); the estimator keeps its previous state."
+                f"(now {schedule.learning_rate}) or raise the objective's temperature "
+                f"({plan.objective!r}); the estimator keeps its previous state."
             )
         losses.append(loss)
+        seconds.append(time.perf_counter() - began)
         progress(epoch, loss)
         if checkpoint is not None and (
             (epoch + 1) % checkpoint.every == 0 or epoch + 1 == schedule.n_epochs
@@ -292,13 +298,14 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "losses": losses,
+                    "seconds": seconds,
                 })  # fmt: skip
     if trained is not encoder:
         encoder.load_state_dict(trained.state_dict())
     if group.active:  # buffers (batch-norm statistics) were updated per rank
         for tensor in encoder.state_dict().values():
             dist.broadcast(tensor, src=0)
-    return losses
+    return losses, seconds
 
 
 def _with_sync_batchnorm(encoder):

@@ -157,16 +157,34 @@ def estimator_options() -> dict:
 
 
 def _parameter_docs(docstring: str) -> dict:
-    """Map each parameter of a numpydoc ``Parameters`` section to its description."""
-    section = docstring.split("Parameters\n    ----------\n", 1)[1]
-    section = section.split("\n\n    Attributes", 1)[0]
-    docs, name = {}, None
-    for line in section.splitlines():
-        header = re.match(r"    (\w+) : ", line)
+    """Map each parameter of a numpydoc ``Parameters`` section to its description.
+
+    Independent of the docstring's indentation (it is dedented first): the section runs
+    from its underlined title to the next underlined title; a parameter line is
+    ``name : type`` at the section's indentation, continued by lines ending in a
+    backslash; its description is every deeper-indented line that follows.
+    """
+    lines = inspect.cleandoc(docstring).splitlines()
+
+    def title(i):  # an underlined section title starts at line i
+        return i + 1 < len(lines) and lines[i].strip() and set(lines[i + 1].strip()) == {"-"}
+
+    start = next(i for i in range(len(lines)) if title(i) and lines[i].strip() == "Parameters")
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    docs, name, continued = {}, None, False
+    for i in range(start + 2, len(lines)):
+        line = lines[i]
+        depth = len(line) - len(line.lstrip())
+        if title(i):
+            break
+        if continued:  # the type spills over to this line
+            continued = line.rstrip().endswith("\\")
+            continue
+        header = re.match(r"(\w+) :", line[indent:]) if depth == indent else None
         if header:
-            name = header.group(1)
+            name, continued = header.group(1), line.rstrip().endswith("\\")
             docs[name] = []
-        elif name is not None and line.startswith("        "):
+        elif name is not None and depth > indent:
             docs[name].append(line.strip())
     return {k: " ".join(v).replace("%", "%%") for k, v in docs.items()}
 

@@ -1,25 +1,20 @@
-"""The Con2 loss: context contrasting plus content alignment [1]_.
+"""Building blocks of the training objectives (:mod:`con2.objectives`).
 
 With cosine similarities ``s`` between projected views, temperature ``tau`` and
 
     l(i, j) = -log( exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau) ),
 
-both terms are supervised contrastive losses [2]_, each the mean over anchors ``i`` of the
-mean of ``l(i, j)`` over the positives ``j`` of ``i``:
-
-- context contrasting (head phi): positives share the context label;
-- content alignment (head psi): positives are the other views of the same image, in
-  every context.
-
-``L = L_context + alpha * L_content``. The paper's sums differ from these means by
-constant factors, which ``alpha`` absorbs.
+:func:`supcon_loss` is the supervised contrastive loss [1]_: the mean over anchors ``i``
+of the mean of ``l(i, j)`` over the positives ``j`` of ``i`` (the views sharing its
+label). With context labels it is Con2's context contrasting [2]_, with image labels its
+content alignment and SimCLR's instance discrimination.
 
 References
 ----------
-.. [1] Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
-   Detection", 2024, section 2.2 and appendix B.1. https://arxiv.org/abs/2405.18848
-.. [2] Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
+.. [1] Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020.
    https://arxiv.org/abs/2004.11362
+.. [2] Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
+   Detection", 2024, section 2.2 and appendix B.1. https://arxiv.org/abs/2405.18848
 """
 
 from __future__ import annotations
@@ -27,9 +22,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["Con2Loss", "supcon_loss"]
+__all__ = ["supcon_loss"]
 
 
 def supcon_loss(
@@ -78,67 +73,3 @@ def supcon_loss(
     positive_sums = label_sums.index_select(0, anchor_labels) - z_anchor  # backward: one index_add
     mean_positive_logit = (z_anchor * positive_sums).sum(dim=1) / (temperature * counts)
     return (log_denominator - mean_positive_logit).sum() / len(z)
-
-
-class Con2Loss(nn.Module):
-    """Context contrasting plus ``alpha`` times content alignment.
-
-    Parameters
-    ----------
-    temperature : float, default=0.2
-        Softmax temperature of both terms.
-
-    Examples
-    --------
-    >>> import torch
-    >>> import torch.nn.functional as F
-    >>> loss = Con2Loss(temperature=0.2)
-    >>> z = F.normalize(torch.randn(8, 16), dim=1)  # 2 images x 2 contexts x 2 views
-    >>> contexts = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    >>> instances = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    >>> loss(z, z, contexts, instances, alpha=0.5).shape
-    torch.Size([])
-    """
-
-    def __init__(self, temperature: float = 0.2):
-        super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive; got {temperature!r}.")
-        self.temperature = temperature
-
-    def forward(
-        self,
-        z_context: Tensor | None,
-        z_content: Tensor,
-        contexts: Tensor,
-        instances: Tensor,
-        alpha: float,
-        anchors: slice | None = None,
-    ) -> Tensor:
-        """Compute the loss of one batch of views.
-
-        Parameters
-        ----------
-        z_context : Tensor of shape (n_views, proj_dim) or None
-            Projections by head phi, L2-normalised. None when there is a single context
-            (plain instance discrimination, the SimCLR baseline): the loss is then
-            ``L_content`` alone, whatever ``alpha``.
-        z_content : Tensor of shape (n_views, proj_dim)
-            Projections by head psi, L2-normalised.
-        contexts : Tensor of shape (n_views,), long
-            Context label of each view.
-        instances : Tensor of shape (n_views,), long
-            Index of the image each view comes from.
-        alpha : float
-            Weight of the content-alignment term.
-        anchors : slice, default=None
-            The anchors whose terms to sum, over ``n_views`` (see :func:`supcon_loss`).
-
-        Returns
-        -------
-        Tensor of shape ()
-        """
-        content = supcon_loss(z_content, instances, self.temperature, anchors)
-        if z_context is None:
-            return content
-        return supcon_loss(z_context, contexts, self.temperature, anchors) + alpha * content

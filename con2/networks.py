@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-__all__ = ["BACKBONES", "Encoder", "ProjectionHead", "ResNet18", "build_encoder", "resnet18"]
+__all__ = [
+    "BACKBONES",
+    "Encoder",
+    "ProjectionHead",
+    "ResNet18",
+    "build_encoder",
+    "resnet18",
+]
 
 SMALL_IMAGE_MAX_SIZE = 64  # images up to this many pixels a side get the small stem
 
@@ -131,43 +138,47 @@ class ProjectionHead(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A backbone ``g`` and the projection heads phi (context) and psi (content).
+    """A backbone ``g`` and the projection heads of a training objective.
 
     Parameters
     ----------
     backbone : nn.Module
         Maps (batch_size, n_channels, height, width) to (batch_size, embed_dim) and has an
         ``embed_dim`` attribute. It is used as given, never modified.
-    context_head : bool, default=True
-        Whether to build head phi. Without contexts (the SimCLR baseline) only psi is
-        trained.
+    heads : dict of str to nn.Module, default=None
+        The objective's projection heads by name (Con2: ``"context"``, phi, and
+        ``"content"``, psi), each mapping (batch_size, embed_dim) features to projections.
+
+    Examples
+    --------
+    >>> import torch
+    >>> encoder = Encoder(ResNet18(1, 4), {"content": ProjectionHead(32)})
+    >>> {name: z.shape for name, z in encoder(torch.zeros(2, 1, 8, 8)).items()}
+    {'content': torch.Size([2, 128])}
     """
 
-    def __init__(self, backbone: nn.Module, context_head: bool = True):
+    def __init__(self, backbone: nn.Module, heads: dict | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head_context = ProjectionHead(backbone.embed_dim) if context_head else None
-        self.head_content = ProjectionHead(backbone.embed_dim)
+        self.heads = nn.ModuleDict(heads or {})
 
-    def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
-        """Return the projections ``(z_context, z_content)`` of ``x`` (z_context may be None)."""
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Return each head's projection of ``x``, by head name."""
         h = self.backbone(x)
-        z_context = self.head_context(h) if self.head_context is not None else None
-        return z_context, self.head_content(h)
+        return {name: head(h) for name, head in self.heads.items()}
 
     def embed(self, x: Tensor) -> Tensor:
         """Return L2-normalised backbone features ``h / ||h||``, shape (batch_size, embed_dim)."""
         return F.normalize(self.backbone(x).float(), dim=1)
 
 
-def build_encoder(
-    backbone, base_width: int, image_shape: tuple, seed: int, context_head: bool
-) -> Encoder:
+def build_encoder(backbone, base_width: int, image_shape: tuple, seed: int, heads) -> Encoder:
     """Build a fresh encoder on the CPU with weights drawn from ``seed``.
 
     ``backbone`` is a name in :data:`BACKBONES` or a callable ``backbone(image_shape)``;
-    its output is checked on a probe batch. ``fork_rng`` restores torch's global CPU
-    random state afterwards.
+    its output is checked on a probe batch. ``heads(embed_dim)`` returns the projection
+    heads by name (an objective's, for instance). ``fork_rng`` restores torch's global
+    CPU random state afterwards.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -176,7 +187,7 @@ def build_encoder(
         else:
             net = backbone(image_shape)
         _check_backbone(net, image_shape)
-        return Encoder(net, context_head=context_head)
+        return Encoder(net, heads(net.embed_dim))
 
 
 def _check_backbone(net, image_shape: tuple) -> None:

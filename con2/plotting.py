@@ -15,6 +15,7 @@ from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
 from con2._embedding import context_images, embed_views
+from con2._engine import forward_size
 from con2._input import to_float, validate_images
 
 __all__ = ["context_embeddings", "plot_embeddings", "plot_loss_curve", "plot_score_histogram"]
@@ -53,7 +54,9 @@ def context_embeddings(detector, X) -> np.ndarray:
     images = validate_images(detector, X, reset=False)
     device = detector.device_
     stacked = context_images(to_float(images.to(device)), detector.contexts_)
-    z = embed_views(detector.encoder_, stacked, None, detector._forward_size(device), device)
+    z = embed_views(
+        detector.encoder_, stacked, None, forward_size(device, detector.batch_size), device
+    )
     return z[0].view(len(detector.contexts_) + 1, len(images), -1).cpu().numpy()
 
 

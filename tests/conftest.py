@@ -5,6 +5,8 @@ import pytest
 import torch
 from helpers import TINY
 
+from con2.datasets import load_digits_images
+
 
 @pytest.fixture
 def upright_images():
@@ -17,6 +19,20 @@ def upright_images():
     ramp = np.linspace(0.0, 1.0, 16)[None, :, None]
     noise = rng.random((64, 16, 16)) * 0.3
     return np.clip(ramp * 0.7 + noise, 0, 1).__mul__(255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits, 0 as the normal class: ``(train, test, labels)``.
+
+    100 zeros to train on; 78 held-out zeros and 80 ones to test, with labels +1
+    (normal) and -1 (anomaly). Shared by every test of the session: read-only.
+    """
+    X, y = load_digits_images()
+    zeros, ones = X[y == 0], X[y == 1]
+    test = np.concatenate([zeros[100:], ones[:80]])
+    labels = np.r_[np.ones(len(zeros) - 100, dtype=int), -np.ones(80, dtype=int)]
+    return zeros[:100], test, labels
 
 
 @pytest.fixture

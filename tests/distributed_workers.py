@@ -17,8 +17,8 @@ from con2._distributed import Group
 from con2._training import make_views, train_step, view_keys, view_labels
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import VerticalFlip
-from con2.losses import Con2Loss
 from con2.networks import Encoder
+from con2.objectives import Con2Objective
 
 
 def free_port() -> int:
@@ -48,6 +48,11 @@ def no_batchnorm(image_shape):
     return NoBatchNorm(image_shape)
 
 
+def tiny_encoder():
+    """The Con2 heads on a network without batch normalisation, for 8x8 grayscale images."""
+    return Encoder(NoBatchNorm((1, 8, 8)), Con2Objective().heads(8, 1))
+
+
 def tiny_batch(n_images=6, seed=0):
     """A global batch of grayscale 8x8 images, with a visible top and bottom."""
     generator = torch.Generator().manual_seed(seed)
@@ -70,7 +75,7 @@ def step_gradients(encoder, x, indices, group=None):
                                                   for a, b in bounds), strict=True)]  # fmt: skip
     sizes = [4 * (b - a) for a, b in bounds]
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.0)
-    train_step(encoder, Con2Loss(0.2), optimizer, (views, *labels), 0.7, group, sizes)
+    train_step(encoder, Con2Objective(), optimizer, (views, *labels), 0.7, group, sizes)
     module = encoder.module if isinstance(encoder, DistributedDataParallel) else encoder
     return {name: p.grad.clone() for name, p in module.named_parameters()}
 
@@ -94,7 +99,7 @@ def gradient_worker(rank, world, port, folder, control):
                             world_size=world)  # fmt: skip
     try:
         torch.manual_seed(0)
-        encoder = DistributedDataParallel(Encoder(NoBatchNorm((1, 8, 8))))
+        encoder = DistributedDataParallel(tiny_encoder())
         group = (PlainGatherGroup if control else Group)(rank, world)
         grads = step_gradients(encoder, tiny_batch(), torch.arange(6), group)
         torch.save(grads, Path(folder) / f"grads{rank}.pt")
@@ -112,8 +117,8 @@ def fit_worker(rank, world, port, folder, settings, nan_on_rank=None):
     if settings.pop("no_batchnorm", False):
         settings["backbone"] = no_batchnorm
     if nan_on_rank == rank:  # the loss of this rank's anchors turns NaN (through the graph)
-        original = Con2Loss.forward
-        Con2Loss.forward = lambda self, *args: original(self, *args) * float("nan")
+        original = Con2Objective.loss
+        Con2Objective.loss = lambda self, *args: original(self, *args) * float("nan")
     stderr = open(folder / f"stderr{rank}.txt", "w")
     try:
         with contextlib.redirect_stderr(stderr):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_datasets import write_idx
+from helpers import write_idx
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

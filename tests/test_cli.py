@@ -4,11 +4,11 @@ import csv
 import io as stdio
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
-from helpers import TINY
-from test_io import gradient, write
+from helpers import TINY, gradient, write
 
 import con2
 from con2 import Con2Detector, cli
@@ -147,6 +147,17 @@ def test_every_estimator_parameter_is_a_documented_fit_option():
     assert "Passes over the training images" in fit_help  # from the class docstring
     for command in ("score", "check-context", "info", "export"):
         assert run(command, "--help").returncode == 0
+
+
+def test_option_docs_are_read_whatever_the_docstring_layout():
+    expected = cli._parameter_docs(Con2Detector.__doc__)
+    assert sorted(expected) == sorted(Con2Detector().get_params())
+    assert all(expected.values())
+    assert expected["context"].startswith("The context augmentation(s).")  # not the type line
+    deeper = "Summary.\n\n" + textwrap.indent(Con2Detector.__doc__.split("\n\n", 1)[1], "    ")
+    assert cli._parameter_docs(deeper) == expected
+    flush = "Summary.\n\n" + textwrap.dedent(Con2Detector.__doc__.split("\n\n", 1)[1])
+    assert cli._parameter_docs(flush) == expected
 
 
 @pytest.mark.parametrize(

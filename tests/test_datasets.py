@@ -1,19 +1,8 @@
-import gzip
-import struct
-
 import numpy as np
 import pytest
+from helpers import write_idx
 
 from con2.datasets import load_digits_images, load_fashion_mnist, read_idx
-
-
-def write_idx(path, array, code=0x08):
-    header = struct.pack(">BBBB", 0, 0, code, array.ndim)
-    header += b"".join(struct.pack(">I", n) for n in array.shape)
-    body = array.astype(array.dtype.newbyteorder(">")).tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + body)
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])

@@ -10,20 +10,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import con2._training as training_module
-from con2 import Con2Detector, GaussianScorer
-from con2.datasets import load_digits_images
+from con2 import Con2Detector, Con2Objective, GaussianScorer
 from con2.networks import ResNet18
-
-
-@pytest.fixture(scope="module")
-def digits():
-    """Digit 0 (normal) for training; held-out 0s and 1s for testing. Read-only."""
-    X, y = load_digits_images()
-    zeros, ones = X[y == 0], X[y == 1]
-    test = np.concatenate([zeros[100:], ones[:80]])
-    labels = np.r_[np.ones(len(zeros) - 100, dtype=int), -np.ones(80, dtype=int)]
-    return zeros[:100], test, labels
 
 
 def test_fit_returns_self_with_the_documented_fitted_state(digits, tiny):
@@ -35,9 +23,14 @@ def test_fit_returns_self_with_the_documented_fitted_state(digits, tiny):
     assert det.device_ == torch.device("cpu") and len(det.contexts_) == 1
     assert len(det.views_) == tiny["n_test_augmentations"]
     assert det.views_.view_contexts.tolist() == [0, 0, 1, 1]  # half in each context
+    assert isinstance(det.objective_, Con2Objective) and det.objective == "con2"
+    assert len(det.epoch_seconds_) == tiny["n_epochs"] and min(det.epoch_seconds_) > 0
 
 
-@pytest.mark.parametrize("method", ["score_samples", "decision_function", "predict", "embed"])
+@pytest.mark.parametrize(
+    "method",
+    ["score_samples", "decision_function", "predict", "embed", "find_training_images", "project"],
+)
 def test_unfitted_detector_raises_not_fitted(method, digits):
     with pytest.raises(NotFittedError):
         getattr(Con2Detector(), method)(digits[0])
@@ -145,7 +138,7 @@ def test_no_context_and_several_contexts(digits, tiny, context):
     det.fit(digits[0])
     n_contexts = 1 if context is None else 3
     assert sorted(set(det.views_.view_contexts.tolist())) == list(range(n_contexts))
-    assert (det.encoder_.head_context is None) == (context is None)
+    assert set(det.encoder_.heads) == ({"content"} if context is None else {"context", "content"})
 
 
 def test_too_few_test_time_views_for_the_contexts(digits, tiny):
@@ -190,20 +183,16 @@ def test_verbose_reports_progress_and_default_is_silent(digits, tiny, capsys):
     assert "Con2 fit" in err and "epoch 2/2: loss" in err
 
 
-def test_non_finite_loss_names_the_epoch_and_keeps_the_previous_state(digits, tiny, monkeypatch):
+def test_non_finite_loss_names_the_epoch_and_keeps_the_previous_state(digits, tiny):
     det = Con2Detector(random_state=0, **tiny).fit(digits[0])
     encoder, offset = det.encoder_, det.offset_
 
-    class NanLoss(torch.nn.Module):
-        def __init__(self, temperature):
-            super().__init__()
+    class NanObjective(Con2Objective):
+        def loss(self, projections, *args):
+            return projections["content"].sum() * float("nan")
 
-        def forward(self, z_context, z_content, *args):
-            return z_content.sum() * float("nan")
-
-    monkeypatch.setattr(training_module, "Con2Loss", NanLoss)
     with pytest.raises(FloatingPointError, match=r"epoch 1.*learning_rate"):
-        det.fit(digits[0])
+        det.set_params(objective=NanObjective()).fit(digits[0])
     assert det.encoder_ is encoder and det.offset_ == offset
 
 
@@ -228,3 +217,57 @@ def test_embeddings_do_not_depend_on_the_batch_and_scores_only_in_rounding(digit
     np.testing.assert_array_equal(alone, det.embed(X[:7]))  # padded forward passes
     scores = np.array([det.score_samples(X[i : i + 1])[0] for i in range(7)])
     np.testing.assert_allclose(scores, det.score_samples(X[:7]), rtol=1e-13)
+
+
+def test_a_failed_refit_leaves_every_fitted_attribute_as_it_was(digits, tiny):
+    det = Con2Detector(**tiny).fit(digits[0])
+    before = dict(vars(det))
+    with pytest.raises(ValueError, match="n_samples=1"):
+        det.fit(np.zeros((1, 4, 4), dtype=np.uint8))  # differently shaped, and refused
+    assert det.n_features_in_ == 64 and det.image_shape_ == (1, 8, 8)
+    assert vars(det).keys() == before.keys()
+    assert all(vars(det)[k] is v for k, v in before.items())
+
+
+def test_feature_names_follow_the_last_successful_fit(tiny):
+    pd = pytest.importorskip("pandas")
+    rows = np.random.default_rng(0).random((40, 16))
+    frame = pd.DataFrame(rows, columns=[f"p{i}" for i in range(16)])
+    det = Con2Detector(**{**tiny, "image_shape": (1, 4, 4)}).fit(frame)
+    assert list(det.feature_names_in_) == list(frame.columns)
+    det.fit(rows)  # an array has no names: the old ones go
+    assert not hasattr(det, "feature_names_in_") and det.n_features_in_ == 16
+
+
+def test_embed_gives_the_test_time_views_the_scorer_sees(digits, tiny):
+    det = Con2Detector(**tiny, random_state=0).fit(digits[0])
+    test = digits[1][:9]
+    every = det.embed(test, views="all")
+    assert every.shape == (4, 9, 32) and every.dtype == np.float32
+    scores = det.scorer_.score_samples(torch.from_numpy(every)).numpy()
+    np.testing.assert_allclose(scores, det.score_samples(test), rtol=1e-12)
+    np.testing.assert_array_equal(det.embed(test, views=[3, 0]), every[[3, 0]])
+    for bad in ("some", [4], [[0]], []):
+        with pytest.raises(ValueError, match="view"):
+            det.embed(test, views=bad)
+
+
+def test_find_training_images_names_the_identical_training_image(digits, tiny):
+    det = Con2Detector(**tiny).fit(digits[0])
+    mixed = np.concatenate([digits[0][[5, 2]], digits[1][:3]])
+    assert det.find_training_images(mixed).tolist() == [5, 2, -1, -1, -1]
+
+
+def test_project_gives_what_the_objective_sees_of_held_out_images(digits, tiny):
+    det = Con2Detector(**tiny, random_state=0).fit(digits[0])
+    projections, contexts, instances = det.project(digits[1][:6], random_state=1)
+    assert sorted(projections) == ["content", "context"]
+    assert projections["content"].shape == (24, 128)  # 6 images x 2 contexts x 2 draws
+    assert contexts.tolist() == [0] * 6 + [1] * 6 + [0] * 6 + [1] * 6
+    assert instances.tolist() == list(range(6)) * 4
+    loss = det.objective_.loss(projections, contexts, instances, progress=1.0)
+    assert torch.isfinite(loss) and loss > 0
+    again = det.project(digits[1][:6], random_state=1)[0]
+    assert torch.equal(again["content"], projections["content"])
+    other = det.project(digits[1][:6], random_state=2)[0]
+    assert not torch.equal(other["content"], projections["content"])

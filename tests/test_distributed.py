@@ -10,18 +10,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from distributed_workers import (
-    NoBatchNorm,
     fit_worker,
     free_port,
     gradient_worker,
     step_gradients,
     tiny_batch,
+    tiny_encoder,
 )
 from helpers import tiny_detector
 
 from con2 import Con2Detector
 from con2.datasets import load_digits_images
-from con2.networks import Encoder
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed")
 
@@ -32,7 +31,7 @@ def spawn(function, *args, world=2):
 
 def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path):
     torch.manual_seed(0)
-    single = step_gradients(Encoder(NoBatchNorm((1, 8, 8))), tiny_batch(), torch.arange(6))
+    single = step_gradients(tiny_encoder(), tiny_batch(), torch.arange(6))
     spawn(gradient_worker, str(tmp_path), False)
     for rank in (0, 1):  # different data on each rank, the same averaged gradient
         grads = torch.load(tmp_path / f"grads{rank}.pt")

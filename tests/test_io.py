@@ -5,28 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_detector
+from helpers import gradient, tiny_detector, write
 from PIL import Image
 from sklearn.model_selection import GridSearchCV
 
 from con2 import check_context, io
 from con2._input import TrainingIndex
-
-
-def gradient(size=16, colour=False, seed=0):
-    """A uint8 image, dark at the top (a vertical flip is visible), with some noise."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 200, size)[:, None] + rng.integers(0, 50, (size, size))
-    gray = ramp.astype(np.uint8)
-    if not colour:
-        return gray
-    return np.stack([gray, gray[::-1], np.full_like(gray, 90 + seed)], axis=-1)
-
-
-def write(path, array, **save):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, **save)
-    return str(path)
 
 
 def gray_folder(root, n=24, size=16):
@@ -253,12 +237,12 @@ def bad_inputs(tmp_path):
 
 
 def test_bad_files_get_one_sentence_errors_naming_them_before_training(tmp_path, monkeypatch):
-    import con2._detector
+    import con2._engine
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(con2._detector, "fit_encoder", no_training)
+    monkeypatch.setattr(con2._engine, "fit_encoder", no_training)
     for X, error, message in bad_inputs(tmp_path):
         with pytest.raises(error, match=message) as caught:
             tiny_detector().fit(X)
@@ -317,16 +301,16 @@ def test_a_memmap_is_trained_on_in_place(tmp_path, monkeypatch):
     images = np.stack([gradient(16, seed=i) for i in range(40)])[:, None]
     np.save(tmp_path / "x.npy", images)
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    import con2._detector
+    import con2._engine
 
     planned = []
-    real = con2._detector.fit_encoder
+    real = con2._engine.fit_encoder
 
     def spy(encoder, plan, *args):
         planned.append(plan.images)
         return real(encoder, plan, *args)
 
-    monkeypatch.setattr(con2._detector, "fit_encoder", spy)
+    monkeypatch.setattr(con2._engine, "fit_encoder", spy)
     det = tiny_detector(scorer="lh").fit(mapped)
     start = mapped.ctypes.data
     pointer = planned[0].data_ptr()

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from con2.networks import Encoder, ResNet18, resnet18
+from con2.networks import Encoder, ProjectionHead, ResNet18, resnet18
 
 
 @pytest.mark.parametrize("size,stem", [(8, "small"), (64, "small"), (65, "imagenet")])
@@ -28,10 +28,10 @@ def test_imagenet_stem_at_width_64_has_torchvision_resnet18_parameters():
 def test_encoder_heads_and_embeddings_are_normalised_and_backbone_untouched():
     backbone = ResNet18(1, 4)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    encoder = Encoder(backbone)
-    z_context, z_content = encoder(torch.randn(4, 1, 12, 12))
-    assert z_context.shape == z_content.shape == (4, 128)
-    torch.testing.assert_close(z_content.norm(dim=1), torch.ones(4))
+    encoder = Encoder(backbone, {"context": ProjectionHead(32), "content": ProjectionHead(32)})
+    projections = encoder(torch.randn(4, 1, 12, 12))
+    assert projections["context"].shape == projections["content"].shape == (4, 128)
+    torch.testing.assert_close(projections["content"].norm(dim=1), torch.ones(4))
     h = encoder.embed(torch.randn(3, 1, 12, 12))
     assert h.shape == (3, 32)
     torch.testing.assert_close(h.norm(dim=1), torch.ones(3))
@@ -43,10 +43,11 @@ def test_encoder_heads_and_embeddings_are_normalised_and_backbone_untouched():
     )
 
 
-def test_encoder_without_context_head():
-    encoder = Encoder(ResNet18(1, 4), context_head=False)
-    z_context, z_content = encoder(torch.randn(2, 1, 8, 8))
-    assert z_context is None and z_content.shape == (2, 128)
+def test_encoder_returns_each_heads_projection_by_name():
+    encoder = Encoder(ResNet18(1, 4), {"content": ProjectionHead(32, 16)})
+    projections = encoder(torch.randn(2, 1, 8, 8))
+    assert list(projections) == ["content"] and projections["content"].shape == (2, 16)
+    torch.testing.assert_close(projections["content"].norm(dim=1), torch.ones(2))
 
 
 def test_unknown_stem_is_an_error():

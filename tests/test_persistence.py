@@ -1,16 +1,19 @@
+import json
 import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_detector
+from helpers import pinned_data, tiny_detector
 
-import con2._detector as detector_module
-from con2 import Con2Detector
+import con2
+import con2._persistence as persistence_module
+from con2 import Con2Detector, Con2Objective
 from con2._utils import move
 from con2.datasets import load_digits_images
 
@@ -81,13 +84,13 @@ def test_a_cuda_fitted_detector_pickles_its_torch_state_through_cpu(fitted, monk
         calls.append((obj, device))
         return move(obj, device)
 
-    monkeypatch.setattr(detector_module, "move", spy)
+    monkeypatch.setattr(persistence_module, "move", spy)
     monkeypatch.setattr(det, "device_", torch.device("cuda"))
     state = det.__getstate__()
     assert len(calls) == 1 and calls[0][1] == "cpu"
     moved = {id(x) for x in calls[0][0]}
-    assert moved == {id(getattr(det, k)) for k in detector_module._TORCH_STATE}
-    for key in detector_module._TORCH_STATE:
+    assert moved == {id(getattr(det, k)) for k in persistence_module.TORCH_STATE}
+    for key in persistence_module.TORCH_STATE:
         assert state[key] is not getattr(det, key)  # a CPU copy, the live object untouched
     assert all(t.device.type == "cpu" for t in all_tensors(state))
     assert vars(det)["encoder_"] is det.encoder_
@@ -95,7 +98,7 @@ def test_a_cuda_fitted_detector_pickles_its_torch_state_through_cpu(fitted, monk
 
 def test_move_remaps_every_tensor_of_modules_scorers_and_views(fitted):
     det, _ = fitted
-    state = tuple(getattr(det, k) for k in detector_module._TORCH_STATE)
+    state = tuple(getattr(det, k) for k in persistence_module.TORCH_STATE)
     on_meta = move(state, "meta")
     tensors = list(all_tensors(on_meta))
     assert len(tensors) > 50
@@ -121,3 +124,52 @@ def test_cuda_fit_pickles_cpu_tensors_only():
     state = det.__getstate__()
     assert all(t.device.type == "cpu" for t in all_tensors(state))
     assert det.encoder_.backbone.conv1.weight.device.type == "cuda"
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_file_of_format_version_1_loads_and_scores_as_when_it_was_written(tmp_path,
+                                                                          one_thread):  # fmt: skip
+    """``model-format1.con2`` was saved by con2 at 3b8e24a, before the objective seam."""
+    recorded = json.loads((DATA / "model-format1.json").read_text())
+    det = con2.load(DATA / "model-format1.con2")
+    assert isinstance(det.objective_, Con2Objective) and det.objective == "con2"
+    assert list(det.encoder_.heads) == ["context", "content"]
+    assert len(det.epoch_seconds_) == len(det.loss_curve_)
+    assert all(np.isnan(det.epoch_seconds_))  # not recorded by format 1
+    train, test = pinned_data()
+    np.testing.assert_allclose(det.score_samples(test), recorded["test_scores"], rtol=1e-12)
+    np.testing.assert_allclose(det.score_samples(train[:8]), recorded["train_scores"], rtol=1e-12)
+    # saved again, it is a file of the current version with the same scores
+    det.save(tmp_path / "again.con2")
+    assert torch.load(tmp_path / "again.con2", weights_only=True)["format_version"] == 2
+    again = con2.load(tmp_path / "again.con2")
+    np.testing.assert_array_equal(again.score_samples(test), det.score_samples(test))
+
+
+@pytest.mark.parametrize(
+    "objective", ["simclr", Con2Objective(temperature=0.3, alpha_max=0.5)], ids=["name", "object"]
+)
+def test_saved_files_record_the_objective(digits, tmp_path, objective):
+    context = None if objective == "simclr" else "invert"
+    det = tiny_detector(objective=objective, context=context).fit(digits[0])
+    det.save(tmp_path / "m.con2")
+    loaded = con2.load(tmp_path / "m.con2")
+    if isinstance(objective, str):
+        assert loaded.objective == objective
+    else:
+        assert loaded.objective.get_params() == objective.get_params()
+    assert type(loaded.objective_) is type(det.objective_)
+    assert loaded.objective_.get_params() == det.objective_.get_params()
+    assert loaded.epoch_seconds_ == det.epoch_seconds_
+    np.testing.assert_array_equal(loaded.score_samples(digits[1]), det.score_samples(digits[1]))
+
+
+def test_a_user_written_objective_cannot_be_saved_weights_only(digits, tmp_path):
+    class Mine(Con2Objective):
+        pass
+
+    det = tiny_detector(objective=Mine()).fit(digits[0])
+    with pytest.raises(TypeError, match="user-written objective"):
+        det.save(tmp_path / "m.con2")

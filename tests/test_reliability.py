@@ -13,17 +13,9 @@ import torch
 from helpers import tiny_detector as tiny
 
 import con2
-import con2._detector as detector_module
+import con2._engine as engine_module
 import con2._training as training_module
 from con2._utils import resolve_device
-from con2.datasets import load_digits_images
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits_images()
-    return X[y == 0][:100], X[y != 0][:60]
-
 
 # Faults during training
 
@@ -60,14 +52,14 @@ def test_keyboard_interrupt_keeps_the_previous_fit(digits, monkeypatch):
 def test_cuda_out_of_memory_while_scoring_retries_with_smaller_chunks(digits, monkeypatch):
     det = tiny().fit(digits[0])
     expected = det.score_samples(digits[1])
-    original = detector_module.embed_views
+    original = engine_module.embed_views
 
     def tight_memory(encoder, images, views, forward_size, device):
         if len(images) > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(encoder, images, views, forward_size, device)
 
-    monkeypatch.setattr(detector_module, "embed_views", tight_memory)
+    monkeypatch.setattr(engine_module, "embed_views", tight_memory)
     with pytest.warns(UserWarning, match="ran out of memory"):
         scores = det.score_samples(digits[1])
     np.testing.assert_allclose(scores, expected, rtol=1e-12)
@@ -248,7 +240,7 @@ def _fit_and_score(train, test, seed):
 def test_parallel_fits_match_serial_ones_without_oversubscription_warnings(digits):
     threads = torch.get_num_threads()
     parallel = joblib.Parallel(n_jobs=2)(
-        joblib.delayed(_fit_and_score)(*digits, seed) for seed in (0, 1)
+        joblib.delayed(_fit_and_score)(*digits[:2], seed) for seed in (0, 1)
     )
     worker_threads = {n for _, n in parallel}
     # loky gives each of the 2 workers cpu_count // 2 threads, so nothing is oversubscribed
@@ -256,7 +248,7 @@ def test_parallel_fits_match_serial_ones_without_oversubscription_warnings(digit
     # float32 kernels split reductions over threads: compare at the workers' thread count
     torch.set_num_threads(worker_threads.pop())
     try:
-        serial = [_fit_and_score(*digits, seed)[0] for seed in (0, 1)]
+        serial = [_fit_and_score(*digits[:2], seed)[0] for seed in (0, 1)]
     finally:
         torch.set_num_threads(threads)
     for expected, (got, _) in zip(serial, parallel, strict=True):

@@ -6,25 +6,25 @@ import torch
 from con2._training import EpochPlan, build_optimizer, train_epoch
 from con2.augment import SimCLRAugment
 from con2.contexts import VerticalFlip
-from con2.losses import Con2Loss
 from con2.networks import Encoder, ResNet18
+from con2.objectives import Con2Objective
 
 
 def epoch_setup(device, n_images=64, batch_size=16, seed=0):
-    encoder = Encoder(ResNet18(1, 4)).to(device)
+    encoder = Encoder(ResNet18(1, 4), Con2Objective().heads(32, 1)).to(device)
     optimizer, scheduler = build_optimizer(encoder, 1e-3, 1e-3, 100)
     ramp = torch.linspace(0, 255, 16, device=device).view(1, 1, 16, 1)
     noise = torch.rand(n_images, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
     images = (ramp * 0.7 + noise.to(device) * 70).to(torch.uint8)
-    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), batch_size, seed,
-                     torch.device(device))  # fmt: skip
+    plan = EpochPlan(images, (VerticalFlip(),), SimCLRAugment(), Con2Objective(), batch_size,
+                     seed, torch.device(device))  # fmt: skip
     return encoder, optimizer, scheduler, plan
 
 
 def test_the_context_loss_falls_when_training_without_content_weight():
     encoder, optimizer, scheduler, plan = epoch_setup("cpu")
-    zero = iter(lambda: 0.0, None)
-    losses = [float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, epoch, zero))
+    zero = iter(lambda: 0.0, None)  # progress 0: Con2's content weight is 0
+    losses = [float(train_epoch(encoder, optimizer, scheduler, plan, epoch, zero))
               for epoch in range(6)]  # fmt: skip
     assert losses[-1] < losses[0]
 
@@ -34,21 +34,19 @@ def test_an_epoch_is_reproducible_from_its_seed():
     for _ in range(2):
         torch.manual_seed(0)  # same initial weights
         encoder, optimizer, scheduler, plan = epoch_setup("cpu")
-        alphas = iter(lambda: 0.5, None)
-        results.append(
-            float(train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 0, alphas))
-        )
+        progress = iter(lambda: 0.5, None)
+        results.append(float(train_epoch(encoder, optimizer, scheduler, plan, 0, progress)))
     assert results[0] == results[1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
 def test_a_cuda_epoch_never_synchronises_with_the_host():
     encoder, optimizer, scheduler, plan = epoch_setup("cuda")
-    alphas = iter(lambda: 0.5, None)
-    train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 0, alphas)  # warm-up
+    progress = iter(lambda: 0.5, None)
+    train_epoch(encoder, optimizer, scheduler, plan, 0, progress)  # warm-up
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = train_epoch(encoder, Con2Loss(0.2), optimizer, scheduler, plan, 1, alphas)
+        loss = train_epoch(encoder, optimizer, scheduler, plan, 1, progress)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss.cpu())

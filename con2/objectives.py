@@ -1,0 +1,252 @@
+"""Training objectives: what the encoder learns from a batch of views.
+
+An objective says which projection heads it needs on top of the backbone and computes
+the loss of one batch of views. The training loop, the views, the distributed gather,
+the checkpoints and the scorers are the same for every objective.
+
+**Views.** Every step draws two random views (the SimCLR family T) of every image in
+every context: the image itself (context 0) and each context augmentation of it
+(contexts 1..K). Each view carries a *context label* and an *instance label* (which
+image it comes from; unique over the whole global batch, also when several processes
+share it).
+
+**The protocol.** :meth:`Objective.heads` builds the heads for features of size
+``embed_dim`` and ``n_contexts`` context augmentations; :meth:`Objective.loss` maps the
+heads' projections of a batch of views (one tensor per head, every row L2-normalised),
+their labels and the training progress (0 at the first step, 1 at the last; held at 1
+when a fitted model trains further) to a 0-d tensor. Under ``torch.distributed`` the
+projections are every process's views, gathered, and ``anchors`` names this process's
+rows: the loss is then the sum of these anchors' terms divided by the number of views,
+so that the terms of all processes add up to the single-process loss.
+
+Built-in objectives (:data:`OBJECTIVES`):
+
+- ``"con2"``: :class:`Con2Objective`, context contrasting plus content alignment [1]_;
+- ``"simclr"``: :class:`SimCLRObjective`, instance discrimination [2]_ (the paper's
+  SimCLR baseline, Con2 without a context).
+
+References
+----------
+.. [1] Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
+   Detection", 2024, section 2.2 and appendix B.1. https://arxiv.org/abs/2405.18848
+.. [2] Chen et al., "A Simple Framework for Contrastive Learning of Visual
+   Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Protocol, runtime_checkable
+
+from sklearn.base import BaseEstimator, clone
+from torch import Tensor, nn
+
+from con2._compat import Interval
+from con2.losses import supcon_loss
+from con2.networks import ProjectionHead
+
+__all__ = ["OBJECTIVES", "Con2Objective", "Objective", "SimCLRObjective", "resolve_objective"]
+
+DEFAULT_TEMPERATURE = 0.2  # Con2Detector's defaults of the settings named objectives take
+DEFAULT_ALPHA_MAX = 1.0
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the encoder is trained to do: heads on the backbone and a loss of their outputs.
+
+    ``uses_contexts`` (optional class attribute, default True) says whether the loss
+    looks at context labels; an objective that does not is refused with a context
+    augmentation, which would only double the views.
+    """
+
+    def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
+        """Build fresh projection heads, by name, for features of size ``embed_dim``."""
+
+    def loss(
+        self,
+        projections: dict[str, Tensor],
+        contexts: Tensor,
+        instances: Tensor,
+        progress: float,
+        anchors: slice | None = None,
+    ) -> Tensor:
+        """Return the 0-d loss of one batch of views (see the module docstring)."""
+
+
+class Con2Objective(BaseEstimator):
+    """Context contrasting plus ``alpha`` times content alignment (Con2).
+
+    With cosine similarities ``s`` between projected views, temperature ``tau`` and
+    ``l(i, j) = -log(exp(s_ij / tau) / sum_{k != i} exp(s_ik / tau))``, both terms are
+    supervised contrastive losses (:func:`con2.losses.supcon_loss`), each the mean over
+    anchors ``i`` of the mean of ``l(i, j)`` over the positives ``j`` of ``i``:
+
+    - ``"context"`` (head phi): the positives of a view share its context label;
+    - ``"content"`` (head psi): the positives are the other views of the same image, in
+      every context.
+
+    ``L = L_context + alpha * L_content``, with ``alpha`` rising linearly from 0 to
+    ``alpha_max`` over training. The paper's sums differ from these means by constant
+    factors, which ``alpha`` absorbs. Without a context augmentation there is one
+    context: the head phi is not built and the loss is ``L_content`` alone (SimCLR's
+    instance discrimination, as :class:`SimCLRObjective`).
+
+    Parameters
+    ----------
+    temperature : float, default=0.2
+        Softmax temperature ``tau`` of both terms.
+    alpha_max : float, default=1.0
+        Final weight of content alignment.
+
+    References
+    ----------
+    Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
+    Detection", 2024. https://arxiv.org/abs/2405.18848
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> objective = Con2Objective(temperature=0.2)
+    >>> z = F.normalize(torch.randn(8, 16), dim=1)  # 2 images x 2 contexts x 2 views
+    >>> contexts = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    >>> instances = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    >>> sorted(objective.terms({"context": z, "content": z}, contexts, instances))
+    ['content', 'context']
+    >>> objective.loss({"context": z, "content": z}, contexts, instances, 0.5).shape
+    torch.Size([])
+    """
+
+    uses_contexts = True
+
+    _parameter_constraints: dict = {
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "alpha_max": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, *, temperature=DEFAULT_TEMPERATURE, alpha_max=DEFAULT_ALPHA_MAX):
+        self.temperature = temperature
+        self.alpha_max = alpha_max
+
+    def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
+        """Head phi (``"context"``, only with a context augmentation) and head psi."""
+        self._validate_params()
+        context = {"context": ProjectionHead(embed_dim)} if n_contexts else {}
+        return {**context, "content": ProjectionHead(embed_dim)}  # phi first: its weights first
+
+    def terms(self, projections, contexts, instances, anchors=None) -> dict[str, Tensor]:
+        """Return the unweighted terms by name: ``"context"`` (if phi exists) and ``"content"``."""
+        found = {"content": supcon_loss(projections["content"], instances, self.temperature,
+                                        anchors)}  # fmt: skip
+        if "context" in projections:
+            found["context"] = supcon_loss(projections["context"], contexts, self.temperature,
+                                           anchors)  # fmt: skip
+        return found
+
+    def loss(self, projections, contexts, instances, progress, anchors=None) -> Tensor:
+        """``L_context + alpha_max * progress * L_content``, or ``L_content`` without phi."""
+        terms = self.terms(projections, contexts, instances, anchors)
+        if "context" not in terms:
+            return terms["content"]
+        return terms["context"] + self.alpha_max * progress * terms["content"]
+
+
+class SimCLRObjective(BaseEstimator):
+    """Instance discrimination (SimCLR's NT-Xent): the two views of an image are positives.
+
+    With two views per image, ``l(i, j)`` (see :class:`Con2Objective`) over the one
+    positive ``j`` of each anchor ``i``, averaged over anchors. Trained without a context
+    augmentation: it is the paper's SimCLR baseline, scored by the same scorers.
+
+    Parameters
+    ----------
+    temperature : float, default=0.2
+        Softmax temperature.
+
+    References
+    ----------
+    Chen et al., "A Simple Framework for Contrastive Learning of Visual
+    Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> z = F.normalize(torch.randn(4, 16), dim=1)  # 2 images x 2 views
+    >>> instances = torch.tensor([0, 1, 0, 1])
+    >>> SimCLRObjective().loss({"content": z}, torch.zeros(4), instances, 0.0).shape
+    torch.Size([])
+    """
+
+    uses_contexts = False
+
+    _parameter_constraints: dict = {
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, *, temperature=DEFAULT_TEMPERATURE):
+        self.temperature = temperature
+
+    def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
+        """One projection head, ``"content"``."""
+        self._validate_params()
+        return {"content": ProjectionHead(embed_dim)}
+
+    def terms(self, projections, contexts, instances, anchors=None) -> dict[str, Tensor]:
+        """Return the one term, ``"content"``."""
+        return {"content": supcon_loss(projections["content"], instances, self.temperature,
+                                       anchors)}  # fmt: skip
+
+    def loss(self, projections, contexts, instances, progress, anchors=None) -> Tensor:
+        """Instance discrimination over all views; ``contexts`` and ``progress`` unused."""
+        return self.terms(projections, contexts, instances, anchors)["content"]
+
+
+OBJECTIVES: dict[str, type] = {"con2": Con2Objective, "simclr": SimCLRObjective}
+
+
+def resolve_objective(objective, temperature=DEFAULT_TEMPERATURE,
+                      alpha_max=DEFAULT_ALPHA_MAX):  # fmt: skip
+    """Return a fresh objective for the ``objective`` parameter of a detector.
+
+    A name builds the built-in objective with the detector's ``temperature`` and, where
+    it has one, ``alpha_max``. An object is cloned; it carries its own settings, so a
+    detector ``temperature`` or ``alpha_max`` other than the default is refused rather
+    than silently ignored.
+    """
+    if isinstance(objective, str):
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"Unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)} or pass "
+                "an object with heads(embed_dim, n_contexts) and loss(projections, contexts, "
+                "instances, progress, anchors=None)."
+            )
+        cls = OBJECTIVES[objective]
+        settings = {"temperature": temperature, "alpha_max": alpha_max}
+        accepted = cls().get_params() if issubclass(cls, BaseEstimator) else settings
+        return cls(**{k: v for k, v in settings.items() if k in accepted})
+    if isinstance(objective, Objective) and not isinstance(objective, type):
+        changed = [f"{name}={value!r}" for name, value, default in (
+            ("temperature", temperature, DEFAULT_TEMPERATURE),
+            ("alpha_max", alpha_max, DEFAULT_ALPHA_MAX)) if value != default]  # fmt: skip
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} configures objectives given by name; the objective "
+                f"object {objective!r} carries its own settings. Set them on it instead."
+            )
+        return clone(objective, safe=False)
+    raise TypeError(
+        "objective must be a name in con2.objectives.OBJECTIVES or an object with "
+        f"heads(embed_dim, n_contexts) and loss(...); got {objective!r}."
+    )
+
+
+def check_contexts(objective, contexts: tuple) -> None:
+    """Refuse context augmentations for an objective that ignores context labels."""
+    if contexts and not getattr(objective, "uses_contexts", True):
+        raise ValueError(
+            f"The objective {objective!r} does not use context labels, so a context "
+            "augmentation would only double the views; pass context=None (or use "
+            "objective='con2')."
+        )

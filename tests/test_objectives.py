@@ -1,0 +1,169 @@
+"""Training objectives: each loss against the paper's formulas, written as plain loops."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.utils._param_validation import InvalidParameterError
+
+from con2 import Con2Detector, Con2Objective, SimCLRObjective
+from con2.objectives import OBJECTIVES, resolve_objective
+
+
+def paper_l(z, i, j, tau):
+    """l(x_i, x_j, X) of appendix B.1: -log exp(s_ij/tau) / sum_{k != i} exp(s_ik/tau)."""
+    sims = [float(z[i] @ z[k]) / tau for k in range(len(z))]
+    denominator = sum(math.exp(s) for k, s in enumerate(sims) if k != i)
+    return -math.log(math.exp(sims[j]) / denominator)
+
+
+def paper_context_loss(z, contexts, tau):
+    """L_Context of section 2.2: sum over anchors, 1/(2N-1) sum over same-context views."""
+    total = 0.0
+    for i in range(len(z)):
+        same = [j for j in range(len(z)) if j != i and contexts[j] == contexts[i]]
+        total += sum(paper_l(z, i, j, tau) for j in same) / len(same)
+    return total
+
+
+def paper_content_loss(z, instances, tau):
+    """L_Content of section 2.2: over images k, 1/12 sum over i in Lambda(k), j in Lambda(k)-i."""
+    total = 0.0
+    for k in sorted(set(instances.tolist())):
+        group = [i for i in range(len(z)) if instances[i] == k]
+        pairs = [(i, j) for i, j in itertools.permutations(group, 2)]
+        total += sum(paper_l(z, i, j, tau) for i, j in pairs) / len(pairs)
+    return total
+
+
+def labels(n_images, n_contexts):
+    """Context and instance labels in make_views' order: draw, context, image."""
+    contexts = torch.arange(n_contexts).repeat_interleave(n_images).repeat(2)
+    instances = torch.arange(n_images).repeat(n_contexts).repeat(2)
+    return contexts, instances
+
+
+def unit_rows(n, dim=16, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, dim, generator=gen, dtype=dtype), dim=1)
+
+
+@pytest.mark.parametrize("n_images", [1, 3, 5])
+@pytest.mark.parametrize("n_contexts", [2, 3])
+@pytest.mark.parametrize("tau", [0.07, 0.2, 1.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_con2_loss_matches_paper_formulas_in_float64(n_images, n_contexts, tau, alpha):
+    n_views = 2 * n_contexts * n_images
+    z_phi = unit_rows(n_views, seed=n_images * 31 + n_contexts)
+    z_psi = unit_rows(n_views, seed=n_images * 37 + n_contexts)
+    contexts, instances = labels(n_images, n_contexts)
+
+    # alpha_max 1 at progress alpha: the content weight is alpha
+    got = Con2Objective(temperature=tau).loss(
+        {"context": z_phi, "content": z_psi}, contexts, instances, progress=alpha
+    )
+
+    # The paper's sums are our means times constants: 2KN anchors for L_Context, and
+    # N images, each averaging over its pairs, for L_Content.
+    reference = paper_context_loss(z_phi, contexts, tau) / n_views + alpha * (
+        paper_content_loss(z_psi, instances, tau) / n_images
+    )
+    assert got.dtype == torch.float64
+    assert float(got) == pytest.approx(reference, rel=1e-12)
+
+
+def test_the_content_weight_rises_with_progress_to_alpha_max():
+    z = unit_rows(8)
+    contexts, instances = labels(2, 2)
+    objective = Con2Objective(alpha_max=0.5)
+    terms = objective.terms({"context": z, "content": z}, contexts, instances)
+    for progress in (0.0, 0.5, 1.0):
+        found = objective.loss({"context": z, "content": z}, contexts, instances, progress)
+        expected = terms["context"] + 0.5 * progress * terms["content"]
+        assert float(found) == pytest.approx(float(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("objective", [Con2Objective(temperature=0.5),
+                                       SimCLRObjective(temperature=0.5)])  # fmt: skip
+def test_without_a_context_the_loss_is_instance_discrimination(objective):
+    z = unit_rows(8)
+    instances = torch.arange(4).repeat(2)
+    assert list(objective.heads(8, 0)) == ["content"]
+    loss = objective.loss({"content": z}, torch.zeros(8, dtype=torch.long), instances, 0.3)
+    assert float(loss) == pytest.approx(paper_content_loss(z, instances, 0.5) / 4, rel=1e-12)
+
+
+def test_con2_builds_phi_before_psi_only_with_a_context():
+    assert list(Con2Objective().heads(8, 1)) == ["context", "content"]
+    assert list(Con2Objective().heads(8, 0)) == ["content"]
+
+
+def test_loss_is_float32_and_finite_for_bf16_inputs_with_small_temperature():
+    z = F.normalize(torch.randn(64, 128), dim=1).bfloat16()
+    contexts, instances = labels(16, 2)
+    loss = Con2Objective(temperature=0.01).loss({"context": z, "content": z}, contexts,
+                                                instances, 1.0)  # fmt: skip
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+
+
+def test_gradients_reach_both_heads():
+    z_phi = torch.randn(8, 6, requires_grad=True)
+    z_psi = torch.randn(8, 6, requires_grad=True)
+    contexts, instances = labels(2, 2)
+    projections = {"context": F.normalize(z_phi, dim=1), "content": F.normalize(z_psi, dim=1)}
+    Con2Objective().loss(projections, contexts, instances, 0.5).backward()
+    assert z_phi.grad.abs().sum() > 0 and z_psi.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [Con2Objective, SimCLRObjective])
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_objectives_refuse_a_non_positive_temperature(cls, temperature):
+    with pytest.raises(InvalidParameterError, match="temperature"):
+        cls(temperature=temperature).heads(8, 1)
+
+
+def test_names_take_the_detector_settings_and_objects_carry_their_own():
+    assert resolve_objective("con2", 0.5, 2.0).get_params() == {"temperature": 0.5,
+                                                                "alpha_max": 2.0}  # fmt: skip
+    assert resolve_objective("simclr", 0.5, 2.0).get_params() == {"temperature": 0.5}
+    given = Con2Objective(temperature=0.1)
+    resolved = resolve_objective(given)
+    assert resolved is not given and resolved.get_params() == given.get_params()
+    with pytest.raises(ValueError, match=r"temperature=0.5 configures objectives given by name"):
+        resolve_objective(given, 0.5)
+    with pytest.raises(ValueError, match=r"Unknown objective 'csi'.*\['con2', 'simclr'\]"):
+        resolve_objective("csi")
+    with pytest.raises(TypeError, match="objective must be"):
+        resolve_objective(object())
+
+
+def test_simclr_with_a_context_is_refused_before_any_image_is_read(tiny):
+    det = Con2Detector(**{**tiny, "objective": "simclr", "context": "vflip"})
+    with pytest.raises(ValueError, match=r"does not use context labels.*context=None"):
+        det.fit("no/such/folder")  # the folder is never looked at
+
+
+def test_simclr_is_con2_without_a_context(digits, tiny, one_thread):
+    params = {**tiny, "context": None, "random_state": 0}
+    con2 = Con2Detector(**params).fit(digits[0]).score_samples(digits[1][:20])
+    simclr = Con2Detector(**params, objective="simclr").fit(digits[0])
+    assert isinstance(simclr.objective_, SimCLRObjective)
+    assert list(simclr.encoder_.heads) == ["content"]
+    assert simclr.score_samples(digits[1][:20]).tolist() == con2.tolist()
+
+
+def test_every_registered_objective_trains_a_tiny_encoder_step():
+    for name, cls in OBJECTIVES.items():
+        objective = cls()
+        n_contexts = 1 if getattr(objective, "uses_contexts", True) else 0
+        heads = objective.heads(8, n_contexts)
+        contexts, instances = labels(2, n_contexts + 1)
+        h = torch.randn(len(contexts), 8)
+        projections = {k: head(h) for k, head in heads.items()}
+        loss = objective.loss(projections, contexts, instances, 0.5)
+        loss.backward()
+        assert loss.shape == () and torch.isfinite(loss), name
+        assert all(p.grad is not None for head in heads.values() for p in head.parameters())
