@@ -61,12 +61,14 @@ def read_csv(text):
     return list(csv.DictReader(stdio.StringIO(text)))
 
 
+@pytest.mark.slow
 def test_fit_trains_saves_and_reports_progress_on_stderr(fitted):
     _, model, done = fitted
     assert model.stat().st_size > 0 and done.stdout == ""
     assert "Con2 fit" in done.stderr and "trained on 24 images of shape (1, 16, 16)" in done.stderr
 
 
+@pytest.mark.slow
 def test_score_writes_the_csv_that_python_computes(fitted, tmp_path):
     root, model, _ = fitted
     done = run("score", model, root / "new")
@@ -89,6 +91,7 @@ def test_score_writes_the_csv_that_python_computes(fitted, tmp_path):
     assert [r["path"] for r in read_csv(out.read_text())] == paths[:2]
 
 
+@pytest.mark.slow
 def test_unreadable_files_stop_scoring_or_become_rows(fitted, tmp_path):
     _, model, _ = fitted
     good = write(tmp_path / "a.png", gradient(16))
@@ -106,6 +109,7 @@ def test_unreadable_files_stop_scoring_or_become_rows(fitted, tmp_path):
     assert "Traceback" in debug.stderr and debug.returncode != 0
 
 
+@pytest.mark.slow
 def test_bad_options_are_one_line_errors_from_the_estimator_itself(fitted, tmp_path):
     root, _, _ = fitted
     done = run("fit", root / "train", "--out", tmp_path / "m", "--n-epochs", "0", check=False)
@@ -116,6 +120,7 @@ def test_bad_options_are_one_line_errors_from_the_estimator_itself(fitted, tmp_p
     assert missing.returncode == 1 and "nothing.con2" in missing.stderr
 
 
+@pytest.mark.slow
 def test_check_context_and_info_print_tables(fitted):
     root, model, _ = fitted
     table = run("check-context", root / "train", "--context", "vflip", "--context", "invert")
@@ -130,6 +135,7 @@ def test_check_context_and_info_print_tables(fitted):
         assert text in info
 
 
+@pytest.mark.slow
 def test_export_and_info_of_the_exported_file(fitted, tmp_path):
     pytest.importorskip("onnxruntime")
     _, model, _ = fitted
@@ -139,6 +145,7 @@ def test_export_and_info_of_the_exported_file(fitted, tmp_path):
     assert "con2_version" in info and '"base_width": 4' in info and "threshold" in info
 
 
+@pytest.mark.slow
 def test_every_estimator_parameter_is_a_documented_fit_option():
     parser = cli.build_parser()
     fit_help = parser._subparsers._group_actions[0].choices["fit"].format_help()
@@ -169,6 +176,7 @@ def test_option_values_are_parsed_into_python_values(text, value):
     assert cli.parse_value(text) == value
 
 
+@pytest.mark.slow
 def test_main_returns_an_exit_status_without_a_subprocess(fitted, capsys):
     root, model, _ = fitted
     assert cli.main(["info", str(model)]) == 0

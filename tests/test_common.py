@@ -1,5 +1,6 @@
 """scikit-learn's full common-check suite, and the contracts of every registered component."""
 
+import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from con2 import Con2Detector
@@ -23,5 +24,6 @@ CHEAP = dict(
         Con2Detector(context="invert", scorer="lh", **CHEAP),
     ],
 )
+@pytest.mark.slow
 def test_sklearn_common_checks(estimator, check):
     check(estimator)

@@ -203,6 +203,7 @@ def test_too_few_images_and_single_pixels_are_refused(tiny):
         Con2Detector(**tiny).fit(np.zeros((5, 1)))
 
 
+@pytest.mark.slow
 def test_compiled_training_gives_a_working_plain_encoder(digits, tiny):
     det = Con2Detector(compile=True, random_state=0, **{**tiny, "n_epochs": 1}).fit(digits[0])
     assert type(det.encoder_).__name__ == "Encoder"  # not the compiled wrapper

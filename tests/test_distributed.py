@@ -22,7 +22,11 @@ from helpers import tiny_detector
 from con2 import Con2Detector
 from con2.datasets import load_digits_images
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed")
+# every test here starts processes or a Dask cluster: minutes in all
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available(), reason="needs torch.distributed"),
+    pytest.mark.slow,
+]
 
 
 def spawn(function, *args, world=2):

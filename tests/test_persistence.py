@@ -47,6 +47,7 @@ def all_tensors(obj, seen=None):
 
 
 @pytest.mark.parametrize("scorer", ["nnd", "lh"])
+@pytest.mark.slow
 def test_joblib_round_trip_scores_identically_in_a_fresh_process(tmp_path, scorer):
     X, y = load_digits_images()
     det = tiny_detector(n_epochs=1, scorer=scorer).fit(X[y == 0])

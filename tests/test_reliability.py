@@ -211,6 +211,7 @@ def test_user_written_components_are_not_saved_weights_only(digits, tmp_path):
 # Determinism and threads
 
 
+@pytest.mark.slow
 def test_scores_are_bitwise_identical_across_processes(digits, tmp_path):
     np.save(tmp_path / "train.npy", digits[0])
     np.save(tmp_path / "test.npy", digits[1])
@@ -237,6 +238,7 @@ def _fit_and_score(train, test, seed):
         return tiny(random_state=seed).fit(train).score_samples(test), torch.get_num_threads()
 
 
+@pytest.mark.slow
 def test_parallel_fits_match_serial_ones_without_oversubscription_warnings(digits):
     threads = torch.get_num_threads()
     parallel = joblib.Parallel(n_jobs=2)(
