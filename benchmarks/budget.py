@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _harness import command_line, parse_options, render_block
 
 ROOT = Path(__file__).resolve().parent
 OTHER_SCORER = {"lh": "nnd", "nnd": "lh"}  # the scorer shown beside the chosen one
@@ -106,8 +107,6 @@ def plot(found: list, path: Path, title: str, scorer: str = "lh") -> None:
 
 def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | None = None,
          write_readme: bool = False, seeds=None) -> list:  # fmt: skip
-    from oneclass import render_block
-
     found = points(list(paths), config, scorer, seeds)
     if not found:
         raise SystemExit("no complete ten-class table among the files given")
@@ -122,12 +121,11 @@ def main(paths: tuple, config: str = "vflip", scorer: str = "lh", out: str | Non
 
 def readme_text(found: list, config: str, scorer: str, figure: Path, seeds=None) -> str:
     other = OTHER_SCORER[scorer]
+    paths = [f"benchmarks/results/{p['file']}" for p in found]
     lines = [
         f"Configuration `{config}`, scorer `{scorer}`; one point per complete ten-class "
-        "table (`python benchmarks/budget.py "
-        + " ".join(f"benchmarks/results/{p['file']}" for p in found)
-        + ("" if seeds is None else " --seeds " + " ".join(map(str, seeds)))
-        + "`). AUROC in %, mean over the classes.",
+        f"table (`{command_line('budget.py', (None, paths), ('--seeds', seeds))}`). AUROC in "
+        "%, mean over the classes.",
         "",
         f"| priced budget (min) | epochs | measured training min per class | {scorer} | "
         f"worst class ({scorer}) | {other} | IsolationForest | seeds |",
@@ -158,5 +156,4 @@ if __name__ == "__main__":
         "--seeds", type=int, nargs="+", default=None,
         help="only these seeds' rows (default: all, averaged per class)",
     )  # fmt: skip
-    args = parser.parse_args()
-    main(tuple(args.paths), args.config, args.scorer, args.out, args.write_readme, args.seeds)
+    main(**parse_options(parser))

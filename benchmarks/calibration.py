@@ -21,19 +21,26 @@ that no calibration on training images can see.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from oneclass import NOMINAL_RATES, git_commit, hardware, render_block
+from _harness import (
+    ALL_CLASSES,
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    parse_options,
+    render_block,
+    run_header,
+)
+from _protocol import NOMINAL_RATES, embed, fashion_mnist, fit_quietly, flagged
 from sklearn.metrics import roc_auc_score
 
 from con2 import Con2Detector, GaussianScorer, NearestNeighborScorer
-from con2.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from con2.datasets import FASHION_MNIST_CLASSES
 
 ROOT = Path(__file__).resolve().parent
 SETTINGS = dict(
@@ -41,23 +48,15 @@ SETTINGS = dict(
 )  # fmt: skip  (shared/notes/thresholds-measured.md)
 
 
-def embed(det, X):
-    """Embeddings of every test-time view of ``X``: what the scorers fit and score."""
-    return torch.from_numpy(det.embed(X, views="all"))
-
-
 def fit_and_embed(X_train, others: dict, seed: int, settings: dict):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        det = Con2Detector(random_state=seed, **settings).fit(X_train)
-    z_train = embed(det, X_train)
-    return {"train": z_train, **{k: embed(det, X) for k, X in others.items()}}
+    det = Con2Detector(random_state=seed, **settings)
+    fit_quietly(det, X_train)
+    return {"train": embed(det, X_train), **{k: embed(det, X) for k, X in others.items()}}
 
 
 def rates(threshold_scores, scores_by_set: dict) -> dict:
     """Share of each set below the c-quantile of ``threshold_scores``, per nominal c."""
-    return {name: {str(c): float(np.mean(scores < np.percentile(threshold_scores, 100 * c)))
-                   for c in NOMINAL_RATES} for name, scores in scores_by_set.items()}  # fmt: skip
+    return {name: flagged(threshold_scores, scores) for name, scores in scores_by_set.items()}
 
 
 def run_class(cls, X_class, X_test, is_normal, seed, settings) -> dict:
@@ -86,29 +85,27 @@ def run_class(cls, X_class, X_test, is_normal, seed, settings) -> dict:
     return result
 
 
-def main(classes: tuple = tuple(range(10)), seed: int = 0, data: str | None = None,
+def main(classes: tuple = ALL_CLASSES, seed: int = 0, data: str | None = None,
          out: str | None = None, write_readme: bool = False) -> dict:  # fmt: skip
-    X_train, y_train, X_test, y_test = load_fashion_mnist(data)
+    """Run the classes the results file does not hold yet; return (and save) all of it."""
     out_path = Path(out) if out else ROOT / "results" / "calibration-cpu.json"
-    results = json.loads(out_path.read_text()) if out_path.exists() else {"rows": {}}
-    results.update(date=date.today().isoformat(), hardware=hardware(), commit=git_commit(),
-                   settings=SETTINGS, seed=seed,
-                   command=f"python benchmarks/calibration.py --classes "
-                   f"{' '.join(map(str, classes))} --seed {seed}")  # fmt: skip
+    results = ResultsFile(out_path, {"settings": SETTINGS, "seed": seed}, rows="dict")
+    results.start_run(command_line("calibration.py", ("--classes", classes), ("--seed", seed)))
     for cls in classes:
-        if str(cls) in results["rows"]:
+        if results.has(cls):
             continue
         started = time.perf_counter()
+        X_train, y_train, X_test, y_test = fashion_mnist(data)
         is_normal = np.where(y_test == cls, 1, -1)
         row = run_class(cls, X_train[y_train == cls], X_test, is_normal, seed, SETTINGS)
-        results["rows"][str(cls)] = row
-        out_path.write_text(json.dumps(results, indent=1))  # one class at a time
+        results.add(cls, None, row)  # one class at a time
         print(f"class {cls}: lh in-sample {row['lh in-sample']['test']}, lh leave-one-out "
               f"{row['lh leave-one-out']['test']} ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
+    final = results.finish()
     if write_readme:
-        render_block(ROOT / "README.md", "calibration-cpu", readme_text(results))
-    return results
+        render_block(ROOT / "README.md", "calibration-cpu", readme_text(final))
+    return final
 
 
 RULES = ("nnd leave-one-out", "nnd split", "lh in-sample", "lh leave-one-out", "lh split")
@@ -117,12 +114,12 @@ RULES = ("nnd leave-one-out", "nnd split", "lh in-sample", "lh leave-one-out", "
 def readme_text(results) -> str:
     rows = results["rows"]
     lines = [
-        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}; "
+        f"{run_header(results)}; "
         f"{', '.join(f'{k}={v}' for k, v in results['settings'].items())}, seed "
         f"{results['seed']}; {len(rows)} classes. Share of unseen normal images flagged, "
         "mean over classes (ratio to the nominal rate in brackets).",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
         "",
         "| threshold rule | images | " + " | ".join(f"c = {c}" for c in NOMINAL_RATES) + " |",
         "|---|---|" + "---|" * len(NOMINAL_RATES),
@@ -153,10 +150,7 @@ def readme_text(results) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    add_options(parser, "classes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    args = parser.parse_args()
-    main(**{**vars(args), "classes": tuple(args.classes)})
+    add_options(parser, "data", "out", "write-readme")
+    main(**parse_options(parser))

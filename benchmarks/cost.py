@@ -1,11 +1,13 @@
 """What a fit and a scoring pass cost, measured, for a few detector settings.
 
 On random grayscale images (28x28, the Fashion-MNIST shape, unless a setting names another
-``image_size``; the content does not change the cost): fits of 1 and of ``1 + n_epochs``
-epochs on ``n_train`` images, whose difference is the time of ``n_epochs`` epochs alone
-(the fixed costs of a fit, the context check and embedding the training set, cancel out);
-then scoring ``n_score`` images. Epoch time is extrapolated to a 6000-image class and the
-paper's 2048 epochs.
+``image_size``; the content does not change the cost): a fit of ``1 + n_epochs`` epochs on
+``n_train`` images, after a warm-up fit. An epoch costs the median of the fit's own
+``epoch_seconds_`` after its first epoch (start-up excluded); the fixed cost of a fit
+(the context check, embedding the training set, fitting the scorer) is the rest of its
+wall-clock time. Then scoring ``n_score`` images. Epoch time is extrapolated to a
+6000-image class and the paper's 2048 epochs. (Files written before ``epoch_seconds_``
+existed took the epoch time from the difference of a 1-epoch and a longer fit.)
 
     python benchmarks/cost.py                    # the README's cost table
     python benchmarks/cost.py --group frontier   # the candidates of the frontier study
@@ -14,15 +16,13 @@ paper's 2048 epochs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
-from oneclass import hardware
+from _harness import ResultsFile, add_options, command_line, parse_options
 
 from con2 import Con2Detector
 
@@ -68,12 +68,12 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # context checks on random images
         fit_seconds(1)  # warm-up: allocations, kernel selection
-        one = fit_seconds(1)
-        more = fit_seconds(1 + n_epochs)
+        total = fit_seconds(1 + n_epochs)
     start = time.perf_counter()
     det.score_samples(X[:n_score])
     score = time.perf_counter() - start
-    per_epoch = (more - one) / n_epochs
+    per_epoch = float(np.median(det.epoch_seconds_[1:]))  # the fit's own clock
+    fixed = total - sum(det.epoch_seconds_)
     per_step = per_epoch / (n_train // min(det.batch_size, n_train))
     steps_per_6000 = 6000 // det.batch_size
     return {
@@ -89,7 +89,7 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
         "seconds_per_step": per_step,
         "seconds_per_epoch_6000": per_step * steps_per_6000,
         "hours_2048_epochs_6000": per_step * steps_per_6000 * 2048 / 3600,
-        "fixed_seconds_per_1000_train": (one - per_epoch) / n_train * 1000,
+        "fixed_seconds_per_1000_train": fixed / n_train * 1000,
         "seconds_per_1000_scored": score / n_score * 1000,
     }
 
@@ -100,28 +100,31 @@ def main(n_train: int = 1024, n_epochs: int = 2, n_score: int = 512, device: str
     settings = SETTINGS if group == "defaults" else GROUPS[group]
     rows = {name: measure(s, n_train, n_epochs, n_score, device) for name, s in settings.items()}
     dev = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-    results = {
-        "date": date.today().isoformat(),
-        "hardware": hardware() if dev == "cpu" else torch.cuda.get_device_name(0),
-        "command": f"python benchmarks/cost.py --n-train {n_train} --n-epochs {n_epochs} "
-        f"--n-score {n_score} --device {device}"
-        + (f" --group {group}" if group != "defaults" else ""),
-        "rows": rows,
-    }
+    suffix = "" if group == "defaults" else f"-{group}"
+    path = Path(out) if out else ROOT / "results" / f"cost-{dev}{suffix}.json"
+    results = ResultsFile(path, resume=False)
+    results.start_run(command_line(
+        "cost.py", ("--n-train", n_train), ("--n-epochs", n_epochs), ("--n-score", n_score),
+        ("--device", device), ("--group", group if group != "defaults" else None),
+    ), device=dev)  # fmt: skip
+    results.data["rows"] = rows
+    results.save()
+    print_table(results.data, n_train, n_epochs)
+    return results.data
+
+
+def print_table(results: dict, n_train: int, n_epochs: int) -> None:
+    """Print the measured costs as a Markdown table."""
     print(f"{results['hardware']}; {n_train} training images 28x28, {n_epochs} epochs timed\n")
     print("| settings | s / step | s / epoch of 6000 | h for 2048 epochs "
           "| fixed s per fit / 1000 train | s / 1000 scored |")  # fmt: skip
     print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
+    for name, r in results["rows"].items():
         print(
             f"| {name} | {r['seconds_per_step']:.2f} | {r['seconds_per_epoch_6000']:.0f} | "
             f"{r['hours_2048_epochs_6000']:.0f} | {r['fixed_seconds_per_1000_train']:.0f} | "
             f"{r['seconds_per_1000_scored']:.1f} |"
         )
-    suffix = "" if group == "defaults" else f"-{group}"
-    path = Path(out) if out else ROOT / "results" / f"cost-{dev}{suffix}.json"
-    path.write_text(json.dumps(results, indent=1))
-    return results
 
 
 if __name__ == "__main__":
@@ -130,6 +133,6 @@ if __name__ == "__main__":
     parser.add_argument("--n-epochs", type=int, default=2)
     parser.add_argument("--n-score", type=int, default=512)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=None)
+    add_options(parser, "out")
     parser.add_argument("--group", choices=sorted(GROUPS), default="defaults")
-    main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})
+    main(**parse_options(parser))

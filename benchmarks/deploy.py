@@ -13,18 +13,24 @@ file sizes of the weights-only, ONNX and pt2 files.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from oneclass import git_commit, hardware, render_block
+from _harness import (
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    parse_options,
+    render_block,
+    run_header,
+)
 
 from con2 import Con2Detector
 
@@ -84,36 +90,34 @@ def main(n_train: int = 2000, n_score: int = 2000, batch: int = 256, rounds: int
     with tempfile.TemporaryDirectory() as folder:
         rows = {s: measure(s, settings, n_train, n_score, batch, rounds, Path(folder))
                 for s in ("nnd", "lh")}  # fmt: skip
-    results = {
-        "name": "deploy-cpu",
-        "date": date.today().isoformat(),
-        "hardware": hardware(),
-        "commit": git_commit(),
-        "onnxruntime": ort.__version__,
-        "torch": torch.__version__,
-        "settings": {**settings, "n_train": n_train, "n_score": n_score, "onnx_batch": batch},
-        "command": f"python benchmarks/deploy.py --n-train {n_train} --n-score {n_score} "
-        f"--batch {batch} --rounds {rounds}",
-        "rows": rows,
-    }
     path = Path(out) if out else ROOT / "results" / "deploy-cpu.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(readme_text(results))
+    results = ResultsFile(path, resume=False)
+    results.start_run(command_line(
+        "deploy.py", ("--n-train", n_train), ("--n-score", n_score), ("--batch", batch),
+        ("--rounds", rounds),
+    ), device="cpu")  # fmt: skip
+    results.data.update(
+        name="deploy-cpu", onnxruntime=ort.__version__, torch=torch.__version__,
+        settings={**settings, "n_train": n_train, "n_score": n_score, "onnx_batch": batch},
+        rows=rows,
+    )  # fmt: skip
+    results.save()
+    print(readme_text(results.data))
     if write_readme:
-        render_block(ROOT / "README.md", "deploy-cpu", readme_text(results))
-    return results
+        render_block(ROOT / "README.md", "deploy-cpu", readme_text(results.data))
+    return results.data
 
 
 def readme_text(results) -> str:
     s = results["settings"]
     lines = [
-        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}, "
-        f"torch {results['torch']}, onnxruntime {results['onnxruntime']}; ResNet18 width "
-        f"{s['base_width']}, {s['n_test_augmentations']} views, {s['n_train']} training "
-        f"images, {s['n_score']} new 28x28 images scored (ONNX Runtime in batches of "
+        f"{run_header(results)}, torch {results['torch']}, onnxruntime "
+        f"{results['onnxruntime']}; ResNet18 width {s['base_width']}, "
+        f"{s['n_test_augmentations']} views, {s['n_train']} training images, {s['n_score']} "
+        "new 28x28 images scored (ONNX Runtime in batches of "
         f"{s['onnx_batch']}); medians of interleaved rounds.",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
         "",
         "| scorer | threads | `score_samples` (images/s) | ONNX Runtime (images/s) | ratio "
         "| largest relative score difference |",
@@ -144,6 +148,5 @@ if __name__ == "__main__":
     parser.add_argument("--n-score", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})
+    add_options(parser, "out", "write-readme")
+    main(**parse_options(parser))

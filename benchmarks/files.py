@@ -25,11 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
-from oneclass import git_commit, hardware, render_block
+from _harness import (
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    parse_options,
+    render_block,
+    run_header,
+)
 from PIL import Image
 
 from con2 import io
@@ -154,40 +161,32 @@ def main(n_files: int = 2000, size: int = 256, target: int = 64, fmt: str = "png
     small, large = memory[0], memory[-1]
     growth = large["growth_mib"] - small["growth_mib"]
     data_growth = large["data_mib"] - small["data_mib"]
-    results = {
-        "name": "files-cpu",
-        "date": date.today().isoformat(),
-        "hardware": hardware(),
-        "commit": git_commit(),
-        "command": command_line(n_files, size, target, fmt, rounds, sizes),
-        "decode": decode_throughput(n_files, size, target, fmt, rounds),
-        "memory": {
-            "settings": settings,
-            "runs": memory,
-            "peak_growth_mib": growth,
-            "data_growth_mib": data_growth,
-            "peak_growth_share_of_data_growth": growth / data_growth,
-        },
-    }
     path = Path(out) if out else ROOT / "results" / "files-cpu.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(readme_text(results))
+    results = ResultsFile(path, resume=False)
+    results.start_run(command_line(
+        "files.py", ("--n-files", n_files), ("--size", size), ("--target", target),
+        ("--format", fmt), ("--rounds", rounds), ("--sizes", sizes),
+    ), device="cpu")  # fmt: skip
+    results.data.update(
+        name="files-cpu",
+        decode=decode_throughput(n_files, size, target, fmt, rounds),
+        memory={"settings": settings, "runs": memory, "peak_growth_mib": growth,
+                "data_growth_mib": data_growth,
+                "peak_growth_share_of_data_growth": growth / data_growth},
+    )  # fmt: skip
+    results.save()
+    print(readme_text(results.data))
     if write_readme:
-        render_block(ROOT / "README.md", "files-cpu", readme_text(results))
-    return results
-
-
-def command_line(n_files, size, target, fmt, rounds, sizes) -> str:
-    return (f"python benchmarks/files.py --n-files {n_files} --size {size} --target {target} "
-            f"--format {fmt} --rounds {rounds} --sizes {' '.join(map(str, sizes))}")  # fmt: skip
+        render_block(ROOT / "README.md", "files-cpu", readme_text(results.data))
+    return results.data
 
 
 def readme_text(results) -> str:
     d, m = results["decode"], results["memory"]
     lines = [
-        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}.",
+        f"{run_header(results)}.",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
         "",
         f"Decoding {d['files']} {d['format'].upper()} files of {d['file_size']}x"
         f"{d['file_size']} RGB and resizing them to {d['target_size']}x{d['target_size']} "
@@ -232,7 +231,5 @@ if __name__ == "__main__":
     parser.add_argument("--format", dest="fmt", default="png", choices=["png", "jpg", "tif"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000])
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    args = parser.parse_args()
-    main(**{**vars(args), "sizes": tuple(args.sizes)})
+    add_options(parser, "out", "write-readme")
+    main(**parse_options(parser))

@@ -8,7 +8,7 @@ the ``cpu-6000`` preset's (vflip, width 8, batch 256, 28 px, all 6000 images of 
 class); each level changes one thing. Every fit embeds 40 test-time views and is also
 scored with 8 and 16 of them, with both scorers, so views and scorers are read off the
 same fits. Results go to ``results/frontier-study.json`` one fit at a time, and the same
-command run again continues where it stopped (``oneclass.ResultsFile``); ``--dask local``
+command run again continues where it stopped (``_harness.ResultsFile``); ``--dask local``
 runs one single-threaded fit per CPU at once.
 
     python benchmarks/frontier.py --classes 0 2 5 6 --seeds 0 --budget 180
@@ -22,17 +22,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from oneclass import (
+from _harness import (
     Eta,
     ResultsFile,
-    code_at,
+    add_options,
+    command_line,
     command_lines,
     fan_out,
-    fashion_mnist,
     parallel_fits,
+    parse_options,
     render_block,
-    run_con2,
+    run_header,
 )
+from _protocol import fashion_mnist, run_con2
 
 from con2.datasets import FASHION_MNIST_CLASSES
 
@@ -79,7 +81,7 @@ def main(
     """Run what the results file does not hold yet; return (and save) all its results.
 
     ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
-    worker per CPU; see ``oneclass.fan_out``). ``readme_only``: run nothing, only write
+    worker per CPU; see ``_harness.fan_out``). ``readme_only``: run nothing, only write
     the README block of what the results file holds (an unfinished study says so).
     """
     out_path = Path(out) if out else ROOT / "results" / "frontier-study.json"
@@ -94,26 +96,24 @@ def main(
                 "n_train": None}  # fmt: skip
     results = ResultsFile(out_path, identity)
     units = [(c, s, level) for level in levels for c in classes for s in seeds]
-    todo = [u for u in units if not results.has(*u)]
+    todo = [u for u in units if not results.has(u[:2], u[2])]
     print(f"{len(units) - len(todo)} of {len(units)} fits already in {out_path}; "
           f"{len(todo)} to run", flush=True)  # fmt: skip
-    results.start_run(command_line(classes, seeds, levels, budget, out))
+    results.start_run(command_line(*command_options(classes, seeds, levels, budget, out)))
     # a run of some levels keeps what earlier runs of the others recorded
     results.data["levels"] = {**results.data.get("levels", {}), **plan}
-    _, y_train, _, _ = fashion_mnist(data)
-    for cls, seed in {(c, s) for c, s, _ in todo if not results.has_row(c, s)}:
-        results.add_row(cls, seed, n_train=int(np.sum(y_train == cls)))
-    import frontier  # by reference, not as __main__, so that Dask workers can import it
-
+    for cls, seed in dict.fromkeys((c, s) for c, s, _ in todo if not results.has((c, s))):
+        _, y_train, _, _ = fashion_mnist(data)
+        results.add_row((cls, seed), n_train=int(np.sum(y_train == cls)))
     calls = [(cls, seed, plan[level], VIEW_COUNTS, data) for cls, seed, level in todo]
     clock = Eta(todo, parallel_fits(dask))
-    for i, (result, seconds) in fan_out(frontier.fit_level, calls, dask):
+    for i, (result, seconds) in fan_out(fit_level, calls, dask):
         cls, seed, level = todo[i]
-        results.add(cls, seed, level, {**result, "n_epochs": plan[level]["n_epochs"]})
-        eta = clock.tick(level, seconds)
         epochs = plan[level]["n_epochs"]
+        results.add((cls, seed), level, {**result, "n_epochs": epochs})
         print(f"class {cls} seed {seed} {level}: nnd {result['nnd']:.3f}, lh "
-              f"{result['lh']:.3f} ({epochs} epochs); {eta}", flush=True)  # fmt: skip
+              f"{result['lh']:.3f} ({epochs} epochs); {clock.tick(level, seconds)}",
+              flush=True)  # fmt: skip
     final = results.finish()
     if write_readme:
         render_block(ROOT / "README.md", "frontier-study", readme_text(final))
@@ -132,14 +132,11 @@ def fit_level(cls: int, seed: int, settings: dict, view_counts: tuple, data) -> 
     return result, time.perf_counter() - started
 
 
-def command_line(classes, seeds, levels, budget, out) -> str:
-    parts = ["python benchmarks/frontier.py", "--classes " + " ".join(map(str, classes)),
-             "--seeds " + " ".join(map(str, seeds)), f"--budget {budget:g}"]  # fmt: skip
-    if tuple(levels) != tuple(LEVELS):
-        parts.append("--levels " + " ".join(f'"{lv}"' for lv in levels))
-    if out is not None:
-        parts.append(f"--out {out}")
-    return " ".join(parts)
+def command_options(classes, seeds, levels, budget, out) -> tuple:
+    """Return the script and options of the command that reruns a study (``command_line``)."""
+    named = " ".join(f'"{lv}"' for lv in levels) if tuple(levels) != tuple(LEVELS) else None
+    return ("frontier.py", ("--classes", classes), ("--seeds", seeds), ("--budget", budget),
+            ("--levels", named), ("--out", out))  # fmt: skip
 
 
 def cells(rows, level: str, key: tuple) -> list:
@@ -162,8 +159,7 @@ def readme_text(results) -> str:
     seeds = sorted({s for _, s in pairs})
     by_seed = len(seeds) > 1
     lines = [
-        f"Run {results['date']} to {results['updated']} on {results['hardware']}, "
-        f"{code_at(results)}; {results['settings']['budget_seconds']:g} s of "
+        f"{run_header(results)}; {results['settings']['budget_seconds']:g} s of "
         "training per class and level (2 CPU threads, priced by "
         "`results/cost-cpu-frontier.json`); classes "
         f"{', '.join(f'{c} {FASHION_MNIST_CLASSES[c]}' for c in sorted({c for c, _ in pairs}))}"
@@ -182,49 +178,57 @@ def readme_text(results) -> str:
         + " fits (seeds) |",
         "|---" * (9 if by_seed else 8) + "|",
     ]
-    for level in plan:
-        if not any(level in r for r in rows):
-            continue
-        columns = []
-        for key in (("nnd",), ("lh",), ("views=16", "lh"), ("views=8", "lh")):
-            mine = dict(cells(rows, level, key))
-            base = dict(cells(rows, "base", key))
-            if not mine:
-                columns.append("-")
-                continue
-            mean = 100 * np.mean(list(mine.values()))
-            shared = [p for p in mine if p in base]
-            if level == "base" or not shared:
-                columns.append(f"{mean:.1f}")
-                continue
-            diffs = 100 * np.array([mine[p] - base[p] for p in shared])
-            se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
-            columns.append(f"{mean:.1f} ({diffs.mean():+.1f} ± {se:.1f})")
-        if by_seed:
-            # a level's mean over seeds hides a sign that flips from seed to seed
-            mine, base = dict(cells(rows, level, ("lh",))), dict(cells(rows, "base", ("lh",)))
-            per_seed = []
-            for seed in seeds:
-                diffs = [mine[p] - base[p] for p in mine if p[1] == seed and p in base]
-                if diffs and level != "base":
-                    per_seed.append(f"seed {seed}: {100 * np.mean(diffs):+.1f}")
-            columns.append(", ".join(per_seed) or "-")
-        mine = cells(rows, level, ("lh",))
-        ran = ", ".join(map(str, sorted({s for (_, s), _ in mine})))
-        seconds = np.median([v for _, v in cells(rows, level, ("fit_seconds",))])
-        lines.append(f"| {level} | {plan[level]['n_epochs']} | {seconds:.0f} | "
-                     + " | ".join(columns) + f" | {len(mine)} ({ran}) |")  # fmt: skip
+    lines += [level_line(rows, level, plan[level], seeds) for level in plan
+              if any(level in r for r in rows)]  # fmt: skip
     unfinished = [level for level in plan
                   if 0 < len(cells(rows, level, ("lh",))) < len(pairs)
                   or not any(level in r for r in rows)]  # fmt: skip
     if unfinished:
         lines += ["", "**Partial:** the study has not run (or not finished) on every "
                   f"(class, seed): {', '.join(unfinished)}."]  # fmt: skip
-    lines += ["", "Per class (lh, 40 views, mean over the seeds each level ran on):", ""]
-    classes = sorted({c for c, _ in pairs})
-    lines.append("| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)
-                 + " |")  # fmt: skip
-    lines.append("|---" * (len(classes) + 1) + "|")
+    return "\n".join([*lines, "", *class_table(rows, plan)])
+
+
+def level_line(rows, level: str, settings: dict, seeds: list) -> str:
+    """Return a level's row: epochs, seconds, each column's mean and difference, seeds."""
+    columns = [column(rows, level, key)
+               for key in (("nnd",), ("lh",), ("views=16", "lh"), ("views=8", "lh"))]  # fmt: skip
+    if len(seeds) > 1:
+        # a level's mean over seeds hides a sign that flips from seed to seed
+        mine, base = dict(cells(rows, level, ("lh",))), dict(cells(rows, "base", ("lh",)))
+        per_seed = []
+        for seed in seeds:
+            diffs = [mine[p] - base[p] for p in mine if p[1] == seed and p in base]
+            if diffs and level != "base":
+                per_seed.append(f"seed {seed}: {100 * np.mean(diffs):+.1f}")
+        columns.append(", ".join(per_seed) or "-")
+    mine = cells(rows, level, ("lh",))
+    ran = ", ".join(map(str, sorted({s for (_, s), _ in mine})))
+    seconds = np.median([v for _, v in cells(rows, level, ("fit_seconds",))])
+    return (f"| {level} | {settings['n_epochs']} | {seconds:.0f} | "
+            + " | ".join(columns) + f" | {len(mine)} ({ran}) |")  # fmt: skip
+
+
+def column(rows, level: str, key: tuple) -> str:
+    """Return a level's cell at ``key``: its mean and, but for the base, the difference."""
+    mine, base = dict(cells(rows, level, key)), dict(cells(rows, "base", key))
+    if not mine:
+        return "-"
+    mean = 100 * np.mean(list(mine.values()))
+    shared = [p for p in mine if p in base]
+    if level == "base" or not shared:
+        return f"{mean:.1f}"
+    diffs = 100 * np.array([mine[p] - base[p] for p in shared])
+    se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
+    return f"{mean:.1f} ({diffs.mean():+.1f} ± {se:.1f})"
+
+
+def class_table(rows, plan: dict) -> list:
+    """Return the per-class table's lines: lh with 40 views, mean over each level's seeds."""
+    classes = sorted({r["class"] for r in rows})
+    lines = ["Per class (lh, 40 views, mean over the seeds each level ran on):", "",
+             "| level | " + " | ".join(f"{c} {FASHION_MNIST_CLASSES[c]}" for c in classes)
+             + " |", "|---" * (len(classes) + 1) + "|"]  # fmt: skip
     for level in plan:
         values = dict(cells(rows, level, ("lh",)))
         if not values:
@@ -232,25 +236,18 @@ def readme_text(results) -> str:
         per_class = [[v for (c, _), v in values.items() if c == cls] for cls in classes]
         lines.append(f"| {level} | " + " | ".join(
             f"{100 * np.mean(v):.1f}" if v else "-" for v in per_class) + " |")  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, nargs="+", default=[0, 2, 5, 6])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    add_options(parser, "classes", "seeds", classes=(0, 2, 5, 6))
     parser.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--budget", type=float, default=180.0,
                         help="seconds of training per class (2 CPU threads)")  # fmt: skip
     parser.add_argument("--costs", default=None, help="cost.py --group frontier JSON")
-    parser.add_argument("--data", default=None, help="folder of the Fashion-MNIST IDX files")
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
+    add_options(parser, "data", "out", "write-readme")
     parser.add_argument("--readme-only", action="store_true",
                         help="run nothing; write the README block of the results file")  # fmt: skip
-    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
-                        help='fan the fits out over a Dask cluster ("local": one worker '
-                             "per CPU)")  # fmt: skip
-    args = parser.parse_args()
-    main(**{**vars(args), "classes": tuple(args.classes), "seeds": tuple(args.seeds),
-            "levels": tuple(args.levels)})  # fmt: skip
+    add_options(parser, "dask")
+    main(**parse_options(parser))

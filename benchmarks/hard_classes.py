@@ -26,7 +26,9 @@ normals. Recorded per (class, context):
 Results go to ``results/hard-classes.json``, one (class, context) fit at a time (a fit's
 standardised test scores wait in ``results/hard-classes.partial/`` until the class's other
 context is done); the same command continues an interrupted run. ``--dask local`` runs
-one single-threaded fit per CPU at once (``oneclass.fan_out``).
+one single-threaded fit per CPU at once (``_harness.fan_out``). The detector's settings
+and the split are ``_protocol``'s (``HELD_OUT_SETTINGS``, ``held_out_split``), which
+``probe.py`` shares.
 
     python benchmarks/hard_classes.py --dask local
 """
@@ -34,25 +36,28 @@ one single-threaded fit per CPU at once (``oneclass.fan_out``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from oneclass import (
+from _harness import (
+    ALL_CLASSES,
     Eta,
+    ResultsFile,
+    add_options,
+    code_at,
+    command_line,
+    command_lines,
     fan_out,
-    fashion_mnist,
-    git_commit,
-    hardware,
     parallel_fits,
-    per_anomaly,
+    parse_options,
     render_block,
-    write_json_atomically,
 )
+from _protocol import HELD_OUT_CONTEXTS as CONTEXTS
+from _protocol import HELD_OUT_SETTINGS as SETTINGS
+from _protocol import fashion_mnist, fit_quietly, held_out_split, per_anomaly
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -60,9 +65,6 @@ from con2 import Con2Detector
 from con2.datasets import FASHION_MNIST_CLASSES
 
 ROOT = Path(__file__).resolve().parent
-SETTINGS = dict(base_width=8, n_epochs=8, batch_size=256, n_test_augmentations=16,
-                scorer="lh", random_state=0)  # fmt: skip
-CONTEXTS = ("vflip", "invert")
 CRITERIA = {
     "context_accuracy": 1,
     "content_loss": -1,
@@ -109,21 +111,20 @@ def pixel_statistics(X: np.ndarray, X_test: np.ndarray, is_normal: np.ndarray) -
             "intensity_auroc": roc_auc_score(is_normal, closeness)}  # fmt: skip
 
 
-def split(X_class: np.ndarray) -> tuple:
-    """Split a class's training images: 90% to train on, 10% held out (fixed at random)."""
-    order = np.random.default_rng(0).permutation(len(X_class))
-    cut = int(0.9 * len(X_class))
-    return X_class[order[:cut]], X_class[order[cut:]]
+def pixel_table(data) -> dict:
+    """Pixel statistics of every class (see :func:`pixel_statistics`), keyed by class."""
+    X_train, y_train, X_test, y_test = fashion_mnist(data)
+    return {str(k): pixel_statistics(X_train[y_train == k], X_test, y_test == k)
+            for k in np.unique(y_train)}  # fmt: skip
 
 
 def fit_context(cls: int, context: str, data) -> tuple:
     """One fit: its record and its test scores standardised by its calibration scores."""
     X_train, y_train, X_test, y_test = fashion_mnist(data)
-    train, held = split(X_train[y_train == cls])
+    train, held = held_out_split(X_train[y_train == cls])
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        det = Con2Detector(context=context, **SETTINGS).fit(train)
+    det = Con2Detector(context=context, **SETTINGS)
+    fit_quietly(det, train)
     scores = det.score_samples(X_test)
     calibration = det.calibration_scores_
     standardised = (scores - calibration.mean()) / calibration.std()
@@ -132,63 +133,62 @@ def fit_context(cls: int, context: str, data) -> tuple:
         "auroc": roc_auc_score(is_normal, scores),
         "per_anomaly": per_anomaly(is_normal, y_test, scores), **criteria(det, held),
         "intensity_rho": float(spearmanr(scores, intensity_closeness(X_test, train)).statistic),
-        "fit_seconds": time.perf_counter() - started,
+        "fit_seconds": time.perf_counter() - started,  # scoring and criteria included
     }  # fmt: skip
     return record, standardised
 
 
-def main(classes: tuple = tuple(range(10)), data: str | None = None, out: str | None = None,
+def main(classes: tuple = ALL_CLASSES, data: str | None = None, out: str | None = None,
          write_readme: bool = False, dask: str | None = None) -> dict:  # fmt: skip
     """Run the fits the results file does not hold yet; return (and save) all its results.
 
     ``dask``: fan the fits out over a Dask cluster (``"local"``: one single-threaded
-    worker per CPU; see ``oneclass.fan_out``).
+    worker per CPU; see ``_harness.fan_out``).
     """
-    X_train, y_train, X_test, y_test = fashion_mnist(data)
     path = Path(out) if out else ROOT / "results" / "hard-classes.json"
     partial = path.with_name(f"{path.stem}.partial")
-    results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    if results.get("settings", SETTINGS) != SETTINGS:
-        raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
-                         f"{SETTINGS}; pass another --out")  # fmt: skip
-    results.update(settings=SETTINGS,
-                   pixels={str(k): pixel_statistics(X_train[y_train == k], X_test, y_test == k)
-                           for k in np.unique(y_train)})  # fmt: skip
-    # the machine and code of this run: recorded with its first fit, so that a rerun with
-    # nothing left to fit (``--write-readme``) renders the file as it was run
-    run = dict(hardware=hardware(), commit=git_commit(),
-               command=f"python benchmarks/hard_classes.py --classes "
-               f"{' '.join(map(str, classes))}")  # fmt: skip
-    todo = [(cls, context) for cls in classes for context in CONTEXTS
-            if context not in results["rows"].get(str(cls), {})]  # fmt: skip
+    results = ResultsFile(path, {"settings": SETTINGS}, rows="dict")
+    todo = [(cls, c) for cls in classes for c in CONTEXTS if not results.has(cls, c)]
     print(f"{len(classes) * len(CONTEXTS) - len(todo)} of {len(classes) * len(CONTEXTS)} "
           f"fits already in {path}; {len(todo)} to run", flush=True)  # fmt: skip
-    import hard_classes  # by reference, not as __main__, so that Dask workers can import it
-
+    results.start_run(command_line("hard_classes.py", ("--classes", classes)))
+    if todo:
+        results.data["pixels"] = pixel_table(data)
     clock = Eta(todo, parallel_fits(dask))
-    calls = [(cls, context, data) for cls, context in todo]
-    for i, (record, standardised) in fan_out(hard_classes.fit_context, calls, dask):
+    for i, fitted in fan_out(fit_context, [(*unit, data) for unit in todo], dask):
+        row = store(results, partial, todo[i], fitted, data)
         cls, context = todo[i]
-        row = results["rows"].setdefault(str(cls), {})
-        row[context] = record
-        partial.mkdir(exist_ok=True)
-        np.save(partial / f"{cls}-{context}.npy", standardised)
-        if all(c in row for c in CONTEXTS):  # both contexts: combine their scores
-            combined = np.mean([np.load(partial / f"{cls}-{c}.npy") for c in CONTEXTS], axis=0)
-            row["combined"] = {"auroc": roc_auc_score(np.where(y_test == cls, 1, -1), combined)}
-        results.update(run)
-        write_json_atomically(path, results)
-        if "combined" in row:
-            for c in CONTEXTS:
-                (partial / f"{cls}-{c}.npy").unlink()
-        print(f"class {cls} {context}: AUROC {record['auroc']:.3f}"
+        print(f"class {cls} {context}: AUROC {fitted[0]['auroc']:.3f}"
               + (f", combined {row['combined']['auroc']:.3f}" if "combined" in row else "")
-              + f"; {clock.tick(context, record['fit_seconds'])}", flush=True)  # fmt: skip
+              + f"; {clock.tick(context, fitted[0]['fit_seconds'])}", flush=True)  # fmt: skip
     if partial.exists() and not any(partial.iterdir()):
         partial.rmdir()
+    final = results.finish()
     if write_readme:
-        render_block(ROOT / "README.md", "hard-classes", readme_text(results))
-    return results
+        render_block(ROOT / "README.md", "hard-classes", readme_text(final))
+    return final
+
+
+def store(results: ResultsFile, partial: Path, unit: tuple, fitted: tuple, data) -> dict:
+    """Save one fit; once both contexts of its class are in, their combined AUROC.
+
+    A fit's standardised scores wait in ``partial`` until the other context's arrive;
+    they are deleted once the combination is saved.
+    """
+    (cls, context), (record, standardised) = unit, fitted
+    row = results.row(cls)
+    row[context] = record
+    partial.mkdir(exist_ok=True)
+    np.save(partial / f"{cls}-{context}.npy", standardised)
+    if all(c in row for c in CONTEXTS):  # both contexts: combine their scores
+        combined = np.mean([np.load(partial / f"{cls}-{c}.npy") for c in CONTEXTS], axis=0)
+        is_normal = np.where(fashion_mnist(data)[3] == cls, 1, -1)
+        row["combined"] = {"auroc": roc_auc_score(is_normal, combined)}
+    results.save()
+    if "combined" in row:
+        for c in CONTEXTS:
+            (partial / f"{cls}-{c}.npy").unlink()
+    return row
 
 
 def complete(rows: dict) -> dict:
@@ -211,13 +211,14 @@ def hit_rates(rows: dict) -> dict:
 
 
 def readme_text(results) -> str:
+    """Return the README block: per class, both contexts, their combination, the criteria."""
     rows = complete(results["rows"])
     lines = [
-        f"Code at commit {results['commit']}, {results['hardware']}; "
+        f"{code_at(results).replace('code', 'Code', 1)}, {results['hardware']}; "
         f"{', '.join(f'{k}={v}' for k, v in results['settings'].items())}; 90% of each "
         "class's training images for training, 10% held out. AUROC in %.",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
         "",
         "| class | vflip | invert | both, scores combined | better context | mean intensity "
         "alone | context accuracy (vflip / invert) | content loss | synthetic AUROC |",
@@ -246,11 +247,16 @@ def readme_text(results) -> str:
     missing = [str(k) for k in range(len(FASHION_MNIST_CLASSES)) if str(k) not in rows]
     if missing:
         lines += ["", f"**Partial:** not yet run on classes {', '.join(missing)}."]
-    lines += ["", "Per anomaly class (columns), AUROC in % of vflip / invert, and the Spearman "
-              "correlation of each fit's scores with closeness to the normal class's mean "
-              "intensity (rho; fits made before it was recorded show -):", "",
-              "| normal class | " + " | ".join(str(k) for k in range(10)) + " | rho |",
-              "|---" * 12 + "|"]  # fmt: skip
+    return "\n".join([*lines, "", *anomaly_table(rows)])
+
+
+def anomaly_table(rows: dict) -> list:
+    """Return the lines of the per-anomaly table: AUROCs, and rho against intensity."""
+    lines = ["Per anomaly class (columns), AUROC in % of vflip / invert, and the Spearman "
+             "correlation of each fit's scores with closeness to the normal class's mean "
+             "intensity (rho; fits made before it was recorded show -):", "",
+             "| normal class | " + " | ".join(str(k) for k in range(10)) + " | rho |",
+             "|---" * 12 + "|"]  # fmt: skip
     for cls, row in sorted(rows.items(), key=lambda kv: int(kv[0])):
         v, i = row["vflip"], row["invert"]
         cells = [f"{100 * v['per_anomaly'][str(k)]:.0f} / {100 * i['per_anomaly'][str(k)]:.0f}"
@@ -259,16 +265,10 @@ def readme_text(results) -> str:
                          for r in (v, i))  # fmt: skip
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[int(cls)]} | " + " | ".join(cells)
                      + f" | {rho} |")  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    parser.add_argument("--dask", default=None, metavar="SCHEDULER",
-                        help='"local" (a worker per CPU) or an address')  # fmt: skip
-    args = parser.parse_args()
-    main(tuple(args.classes), args.data, args.out, args.write_readme, args.dask)
+    add_options(parser, "classes", "data", "out", "write-readme", "dask")
+    main(**parse_options(parser))

@@ -1,7 +1,8 @@
 """Whether an anomaly class a detector misses is lost by its embedding or by its scorer.
 
 For a normal class and each context (vflip, invert), a detector is trained exactly as in
-``hard_classes.py`` (the same settings and the same 90% of the class's training images).
+``hard_classes.py`` (the same settings and the same 90% of the class's training images:
+``_protocol.HELD_OUT_SETTINGS`` and ``held_out_split``).
 Then, per anomaly class of the test set, against the class's normal test images:
 
 - ``lh``, ``nnd``: AUROC of the one-class scores (the Gaussian and the nearest-neighbour
@@ -26,22 +27,21 @@ continues an interrupted run.
 from __future__ import annotations
 
 import argparse
-import json
-import time
-import warnings
 from pathlib import Path
 
-import hard_classes
 import numpy as np
-import torch
-from oneclass import (
-    fashion_mnist,
-    git_commit,
-    hardware,
-    per_anomaly,
+from _harness import (
+    ResultsFile,
+    add_options,
+    code_at,
+    command_line,
+    command_lines,
+    parse_options,
     render_block,
-    write_json_atomically,
 )
+from _protocol import HELD_OUT_CONTEXTS as CONTEXTS
+from _protocol import HELD_OUT_SETTINGS as SETTINGS
+from _protocol import embed, fashion_mnist, fit_quietly, held_out_split, per_anomaly
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
@@ -70,14 +70,11 @@ def probe_aurocs(features: np.ndarray, is_normal: np.ndarray, labels: np.ndarray
 def fit_context(cls: int, context: str, data) -> dict:
     """Train one detector and compare its scores with a probe on its embeddings."""
     X_train, y_train, X_test, y_test = fashion_mnist(data)
-    train, _ = hard_classes.split(X_train[y_train == cls])
+    train, _ = held_out_split(X_train[y_train == cls])
     is_normal = np.where(y_test == cls, 1, -1)
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        det = Con2Detector(context=context, **hard_classes.SETTINGS).fit(train)
-    fit_seconds = time.perf_counter() - started
-    z_train, z_test = (torch.from_numpy(det.embed(X, views="all")) for X in (train, X_test))
+    det = Con2Detector(context=context, **SETTINGS)
+    fit_seconds = fit_quietly(det, train)
+    z_train, z_test = embed(det, train), embed(det, X_test)
     scorers = {"lh": GaussianScorer(), "nnd": NearestNeighborScorer()}
     scores = {name: scorer.fit(z_train).score_samples(z_test).cpu().numpy()
               for name, scorer in scorers.items()}  # fmt: skip
@@ -92,7 +89,7 @@ def fit_context(cls: int, context: str, data) -> dict:
 def pixel_record(cls: int, data) -> dict:
     """Run the probe and IsolationForest on raw pixels, per anomaly class."""
     X_train, y_train, X_test, y_test = fashion_mnist(data)
-    train, _ = hard_classes.split(X_train[y_train == cls])
+    train, _ = held_out_split(X_train[y_train == cls])
     is_normal = np.where(y_test == cls, 1, -1)
     pixels = X_test.reshape(len(X_test), -1) / 255.0
     forest = IsolationForest(random_state=0).fit(train.reshape(len(train), -1) / 255.0)
@@ -105,50 +102,37 @@ def main(classes: tuple = (5, 6), data: str | None = None, out: str | None = Non
          write_readme: bool = False) -> dict:  # fmt: skip
     """Run what the results file does not hold yet; return (and save) all its results."""
     path = Path(out) if out else ROOT / "results" / "probe.json"
-    results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    settings = hard_classes.SETTINGS
-    if results.get("settings", settings) != settings:
-        raise ValueError(f"{path} holds fits with settings {results['settings']}, not "
-                         f"{settings}; pass another --out")  # fmt: skip
-    # the machine and code of this run: recorded with the first fit it makes, so that a
-    # rerun with nothing left to fit (``--write-readme``) renders the file as it was run
-    run = dict(
-        hardware=hardware(),
-        commit=git_commit(),
-        settings=settings,
-        command=f"python benchmarks/probe.py --classes {' '.join(map(str, classes))}",
-    )
+    results = ResultsFile(path, {"settings": SETTINGS}, rows="dict")
+    results.start_run(command_line("probe.py", ("--classes", classes)))
     for cls in classes:
-        row = results["rows"].setdefault(str(cls), {})
-        for part in ("pixels", *hard_classes.CONTEXTS):
-            if part in row:
+        for part in ("pixels", *CONTEXTS):
+            if results.has(cls, part):
                 continue
-            row[part] = (
-                pixel_record(cls, data) if part == "pixels" else fit_context(cls, part, data)
-            )
-            results.update(run)
-            write_json_atomically(path, results)
+            record = pixel_record(cls, data) if part == "pixels" else fit_context(cls, part, data)
+            results.add(cls, part, record)
             if part != "pixels":
-                missed = min(row[part]["lh"], key=row[part]["lh"].get)
+                missed = min(record["lh"], key=record["lh"].get)
                 print(f"class {cls} {part}: worst anomaly class {missed} (lh "
-                      f"{row[part]['lh'][missed]:.3f}, probe {row[part]['probe'][missed]:.3f}); "
-                      f"{row[part]['fit_seconds']:.0f} s fit", flush=True)  # fmt: skip
+                      f"{record['lh'][missed]:.3f}, probe {record['probe'][missed]:.3f}); "
+                      f"{record['fit_seconds']:.0f} s fit", flush=True)  # fmt: skip
+    final = results.finish()
     if write_readme:
-        render_block(ROOT / "README.md", "probe", readme_text(results))
-    return results
+        render_block(ROOT / "README.md", "probe", readme_text(final))
+    return final
 
 
 def readme_text(results) -> str:
     lines = [
-        f"Code at commit {results['commit']}, {results['hardware']}; the settings and split of "
+        f"{code_at(results).replace('code', 'Code', 1)}, {results['hardware']}; the settings "
+        "and split of "
         f"`hard_classes.py` ({', '.join(f'{k}={v}' for k, v in results['settings'].items())}). "
         f"AUROC in % of the normal test images against each anomaly class; the probes are "
         f"{N_FOLDS}-fold cross-validated logistic regressions trained with the labels.",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
     ]
     for cls, row in sorted(results["rows"].items(), key=lambda kv: int(kv[0])):
-        done = [c for c in hard_classes.CONTEXTS if c in row]
+        done = [c for c in CONTEXTS if c in row]
         if "pixels" not in row or not done:
             continue
         header = " | ".join(f"{c} {m}" for c in done for m in ("lh", "nnd", "probe"))
@@ -165,9 +149,5 @@ def readme_text(results) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, nargs="+", default=[5, 6])
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    args = parser.parse_args()
-    main(tuple(args.classes), args.data, args.out, args.write_readme)
+    add_options(parser, "classes", "data", "out", "write-readme", classes=(5, 6))
+    main(**parse_options(parser))

@@ -20,11 +20,19 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
+from _harness import (
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    parse_options,
+    render_block,
+    run_header,
+)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -65,8 +73,7 @@ def launch(n_processes: int, width, batch_size, n_images, n_epochs) -> dict:
 def main(processes: tuple = (1, 2), width: int = 8, batch_size: int = 256,
          n_images: int = 2048, n_epochs: int = 4, rounds: int = 3,
          out: str | None = None, write_readme: bool = False) -> dict:  # fmt: skip
-    from oneclass import git_commit, hardware, render_block
-
+    """Launch every number of processes in turn, ``rounds`` times; return (and save) speeds."""
     measured = {n: [] for n in processes}
     device = None
     for _ in range(rounds):
@@ -77,33 +84,31 @@ def main(processes: tuple = (1, 2), width: int = 8, batch_size: int = 256,
     per_s = {n: float(np.median(v)) for n, v in measured.items()}
     gpu = device is not None and device.startswith("cuda")
     base = per_s[processes[0]]
-    results = {
-        "name": "scaling-cpu" if not gpu else "scaling-gpu",
-        "date": date.today().isoformat(),
-        "hardware": hardware(),
-        "commit": git_commit(),
-        "command": f"python benchmarks/scaling.py --processes {' '.join(map(str, processes))} "
-        f"--width {width} --batch-size {batch_size} --n-images {n_images} --n-epochs "
-        f"{n_epochs} --rounds {rounds}",
-        "device": device,
-        "images_per_s": {str(n): v for n, v in per_s.items()},
-        "rounds": {str(n): v for n, v in measured.items()},
-        "efficiency": {str(n): per_s[n] / (base * (n if gpu else 1)) for n in processes},
-    }
-    path = Path(out) if out else ROOT / "results" / f"{results['name']}.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(readme_text(results))
+    name = "scaling-cpu" if not gpu else "scaling-gpu"
+    results = ResultsFile(Path(out) if out else ROOT / "results" / f"{name}.json", resume=False)
+    results.start_run(command_line(
+        "scaling.py", ("--processes", processes), ("--width", width),
+        ("--batch-size", batch_size), ("--n-images", n_images), ("--n-epochs", n_epochs),
+        ("--rounds", rounds),
+    ), device=device)  # fmt: skip
+    results.data.update(
+        name=name, device=device,
+        images_per_s={str(n): v for n, v in per_s.items()},
+        rounds={str(n): v for n, v in measured.items()},
+        efficiency={str(n): per_s[n] / (base * (n if gpu else 1)) for n in processes},
+    )  # fmt: skip
+    results.save()
+    print(readme_text(results.data))
     if write_readme:
-        render_block(ROOT / "README.md", results["name"], readme_text(results))
-    return results
+        render_block(ROOT / "README.md", name, readme_text(results.data))
+    return results.data
 
 
 def readme_text(results) -> str:
     lines = [
-        f"Run {results['date']} on {results['hardware']}, code at commit {results['commit']}, "
-        f"processes on {results['device']}.",
+        f"{run_header(results)}, processes on {results['device']}.",
         "",
-        f"    {results['command']}",
+        *command_lines(results),
         "",
         "| processes | images / s (median) | rounds | efficiency |",
         "|---|---|---|---|",
@@ -122,12 +127,12 @@ if __name__ == "__main__":
     parser.add_argument("--n-images", type=int, default=2048)
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
+    add_options(parser, "out", "write-readme")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker, args.width, args.batch_size, args.n_images, args.n_epochs)
+    options = parse_options(parser)
+    worker_out = options.pop("worker")
+    if worker_out:  # one torchrun process of launch()
+        worker(worker_out, options["width"], options["batch_size"], options["n_images"],
+               options["n_epochs"])  # fmt: skip
     else:
-        main(tuple(args.processes), args.width, args.batch_size, args.n_images, args.n_epochs,
-             args.rounds, args.out, args.write_readme)  # fmt: skip
+        main(**options)

@@ -23,14 +23,21 @@ import json
 import statistics
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
-from oneclass import hardware
+from _harness import (
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    parse_options,
+    render_block,
+    run_header,
+)
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.neighbors import NearestNeighbors
 from torch.utils.data import DataLoader, Dataset
@@ -311,46 +318,33 @@ def main(
         "backbone floor": steps * result["training"]["backbone_step_s"] / 3600,
         "conventional": steps * result["training"]["conventional_step_s"] / 3600,
     }
-    result.update(
-        date=date.today().isoformat(),
-        hardware=hardware() if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        device=dev.type,
-        settings=dict(
-            width=width,
-            batch_size=batch_size,
-            image_size=image_size,
-            channels=channels,
-            n_steps=n_steps,
-            repeats=repeats,
-            workers=workers,
-            n_test=n_test,
-            n_train=n_train,
-            n_views=n_views,
-        ),
-        command=f"python benchmarks/throughput.py --device {device} --width {width} "
-        f"--batch-size {batch_size} --n-steps {n_steps} --repeats {repeats} --workers {workers}",
-        torch=torch.__version__,
-    )
     name = f"throughput-{dev.type}-w{width}"
-    path = Path(out) if out else ROOT / "results" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    results = ResultsFile(Path(out) if out else ROOT / "results" / f"{name}.json", resume=False)
+    results.start_run(command_line(
+        "throughput.py", ("--device", device), ("--width", width), ("--batch-size", batch_size),
+        ("--n-steps", n_steps), ("--repeats", repeats), ("--workers", workers),
+    ), device=dev)  # fmt: skip
+    settings = dict(width=width, batch_size=batch_size, image_size=image_size,
+                    channels=channels, n_steps=n_steps, repeats=repeats, workers=workers,
+                    n_test=n_test, n_train=n_train, n_views=n_views)  # fmt: skip
+    results.data.update(result, device=dev.type, settings=settings, torch=torch.__version__)
+    results.save()
     if write_readme:
-        render_readme(result, name)
-    return result
+        render_block(ROOT / "README.md", name, readme_text(results.data))
+    return results.data
 
 
-def render_readme(r, name) -> None:
+def readme_text(r) -> str:
+    """Return the README block: a step against the backbone and the pipeline, scoring."""
     t, s = r["training"], r["scoring"]
     lines = [
-        f"<!-- {name} -->",
-        f"Run {r['date']} on {r['hardware']}, torch {r['torch']}; ResNet18 width "
+        f"{run_header(r)}, torch {r['torch']}; ResNet18 width "
         f"{r['settings']['width']}, batch {r['settings']['batch_size']} images (x4 views), "
         f"{r['settings']['image_size']}x{r['settings']['image_size']}x"
         f"{r['settings']['channels']} images; medians of {r['settings']['repeats']} "
         "interleaved rounds.",
         "",
-        f"    {r['command']}",
+        *command_lines(r),
         "",
         "| per training step | seconds |",
         "|---|---|",
@@ -384,17 +378,8 @@ def render_readme(r, name) -> None:
                 f"{value['peak_mib']:.0f} |"
             )
     lines += ["", f"Largest difference between our NND scores and scikit-learn's: "
-              f"{s['max |con2 nnd - sklearn|']:.1e}.", f"<!-- {name} -->"]  # fmt: skip
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    marker = f"<!-- {name} -->"
-    block = "\n".join(lines)
-    if marker in text:
-        before, _, rest = text.partition(marker)
-        text = before + block + rest.partition(marker)[2]
-    else:
-        text += "\n" + block + "\n"
-    readme.write_text(text)
+              f"{s['max |con2 nnd - sklearn|']:.1e}."]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
@@ -410,6 +395,5 @@ if __name__ == "__main__":
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--n-views", type=int, default=40)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--write-readme", action="store_true")
-    main(**{k.replace("-", "_"): v for k, v in vars(parser.parse_args()).items()})
+    add_options(parser, "out", "write-readme")
+    main(**parse_options(parser))
