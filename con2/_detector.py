@@ -85,6 +85,13 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         0.01. :meth:`set_threshold` moves it later without refitting.
     device : str, default="auto"
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+    precision : {"auto", "float32", "bfloat16"}, default="auto"
+        Arithmetic of training's forward and backward passes (autocast: weights,
+        optimiser state and the loss stay float32, and scoring is float32 whatever this
+        says). ``"auto"``: bfloat16 on CUDA and on CPUs that compute it in hardware
+        (AVX512-BF16, AMX or ARM BF16), float32 elsewhere, by that fixed rule and never
+        by timing. bfloat16 on a CPU without hardware support is slower and warns.
+        ``precision_`` says which a fit used.
     compile : bool, default=False
         Train through ``torch.compile(encoder)``: a one-off compilation (tens of
         seconds), then faster steps on a GPU. The fitted ``encoder_`` is the plain module.
@@ -155,6 +162,8 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         Pixel values per image, ``prod(image_shape_)``.
     device_ : torch.device
         Where the network runs.
+    precision_ : {"float32", "bfloat16"}
+        The arithmetic training used (see ``precision``).
 
     See Also
     --------
@@ -191,6 +200,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         "n_test_augmentations": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "device": [str],
+        "precision": [StrOptions({"auto", "float32", "bfloat16"})],
         "compile": ["boolean"],
         "distributed": [StrOptions({"auto"}), "boolean"],
         "sync_batchnorm": ["boolean"],
@@ -221,6 +231,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         n_test_augmentations=16,
         contamination="auto",
         device="auto",
+        precision="auto",
         compile=False,
         distributed="auto",
         sync_batchnorm=False,
@@ -247,6 +258,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         self.n_test_augmentations = n_test_augmentations
         self.contamination = contamination
         self.device = device
+        self.precision = precision
         self.compile = compile
         self.distributed = distributed
         self.sync_batchnorm = sync_batchnorm

@@ -35,6 +35,7 @@ from con2._training import (
     make_views,
     place_images,
     progress_reporter,
+    resolve_precision,
     view_keys,
 )
 from con2._utils import derive_seed, make_generator, release_cuda_memory, resolve_device
@@ -107,18 +108,19 @@ def _fit_images(detector, components, images, on_disk, group, device) -> dict:
 
         encoder = build_encoder(detector.backbone, detector.base_width, image_shape, seed, heads)
     augment = SimCLRAugment()
+    precision = resolve_precision(detector.precision, device)
     plan = EpochPlan(images=place_images(images, device), contexts=contexts, augment=augment,
                      objective=objective, batch_size=min(detector.batch_size, n_samples),
-                     seed=seed, device=device, group=group)  # fmt: skip
-    memory_format = torch.channels_last if device.type == "cuda" else torch.preserve_format
-    encoder = encoder.to(device, memory_format=memory_format)
+                     seed=seed, device=device, group=group, precision=precision)  # fmt: skip
+    encoder = encoder.to(device, memory_format=precision.memory_format)
     with fast_math(device):
-        start = detector.encoder_ if warm else None
-        checkpoint = checkpoint_for(detector, images, device, objective, start)
+        checkpoint = checkpoint_for(detector, images, plan, detector.encoder_ if warm else None)
         verbose = detector.verbose if group.is_main else 0  # progress from rank 0 only
         with progress_reporter(detector.n_epochs, verbose) as progress:
             losses, times = fit_encoder(encoder, plan, _schedule(detector, warm), checkpoint,
                                         progress)  # fmt: skip
+        if device.type == "cpu":  # scoring runs in float32 on contiguous weights, as before
+            encoder = encoder.to(memory_format=torch.contiguous_format)
         views = make_test_time_views(  # drawn on the CPU: the same on every device
             detector.n_test_augmentations, contexts, image_shape[1:], augment,
             make_generator(seed, torch.device("cpu")),
@@ -128,6 +130,7 @@ def _fit_images(detector, components, images, on_disk, group, device) -> dict:
     return {
         "encoder_": encoder, "contexts_": contexts, "objective_": objective, "scorer_": scorer,
         "views_": views, "image_shape_": image_shape, "device_": device,
+        "precision_": precision.name,
         "loss_curve_": previous + losses, "epoch_seconds_": seconds + times,
         "n_samples_fit_": n_samples, "_train_index": TrainingIndex(images),
         "calibration_scores_": scores,

@@ -47,7 +47,7 @@ FORMAT = "con2-weights"
 FORMAT_VERSION = 2
 _READS = (1, 2)  # format versions this con2 reads
 _FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_", "epoch_seconds_",
-           "n_samples_fit_")  # fmt: skip
+           "n_samples_fit_", "precision_")  # fmt: skip
 TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_", "objective_")  # moved when pickled
 
 
@@ -197,6 +197,9 @@ def _restore(detector, payload, fitted, device) -> None:
     detector.loss_curve_ = list(fitted["loss_curve_"])
     detector.epoch_seconds_ = list(fitted["epoch_seconds_"])
     detector.n_samples_fit_ = fitted.get("n_samples_fit_")  # absent from older files
+    # files written before precision was a parameter trained in bfloat16 on CUDA only
+    default = "bfloat16" if fitted["device_"].startswith("cuda") else "float32"
+    detector.precision_ = fitted.get("precision_") or default
     detector.device_ = device
     detector._train_index = _index_from_tensors(payload["train_index"])
     if payload.get("calibration_scores") is not None:  # absent from older files
@@ -315,13 +318,14 @@ class Checkpoint:
         os.replace(temporary, self.path)
 
 
-def checkpoint_for(detector, images, device, objective, start=None):
+def checkpoint_for(detector, images, plan, start=None):
     """Return the checkpoint of a fit (None without ``checkpoint_path``).
 
     Its fingerprint covers the training images (values and shape), the device type,
-    the objective (its class and parameters), every other setting that changes the
-    training trajectory and, for a warm start, the weights the fit starts from
-    (``start``), so a checkpoint is only resumed by the fit that wrote it.
+    the objective (its class and parameters) and the precision of the fit's ``plan``
+    (a :class:`con2._training.EpochPlan`), every other setting that changes the training
+    trajectory and, for a warm start, the weights the fit starts from (``start``), so a
+    checkpoint is only resumed by the fit that wrote it.
     """
     if detector.checkpoint_path is None:
         return None
@@ -333,10 +337,12 @@ def checkpoint_for(detector, images, device, objective, start=None):
     digest = hashlib.blake2b(digest_size=16)
     for first in range(0, images.shape[0], 1024):  # in pieces: images may be on disk
         digest.update(images[first : first + 1024].numpy().tobytes())
-    digest.update(repr((tuple(images.shape), device.type)).encode())
+    digest.update(repr((tuple(images.shape), plan.device.type)).encode())
     digest.update(b"views keyed by image index")  # not resumable from older checkpoints
     digest.update(repr({k: params[k] for k in keys}).encode())
+    objective = plan.objective
     digest.update(f"{type(objective).__qualname__} {_settings(objective)}".encode())
+    digest.update(f"precision {plan.precision.name}".encode())
     if start is not None:
         for name, tensor in start.state_dict().items():
             digest.update(name.encode())

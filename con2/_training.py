@@ -15,6 +15,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from con2._distributed import Group
 from con2._embedding import context_images, normalize
 from con2._input import to_float
+from con2._utils import native_bfloat16
 from con2.augment import KeyedRandom, SimCLRAugment, hash_words
 
 
@@ -88,12 +90,69 @@ def epoch_order(n_samples: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n_samples, generator=generator)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How the training steps compute.
+
+    ``dtype`` is the autocast dtype of the forward and backward passes (float32: no
+    autocast); weights, optimiser state and the loss stay float32 either way.
+    ``memory_format`` is the layout of the weights and the views during training.
+    """
+
+    dtype: torch.dtype = torch.float32
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @property
+    def name(self) -> str:
+        """``"bfloat16"`` or ``"float32"``, as the ``precision`` parameter spells it."""
+        return "bfloat16" if self.dtype == torch.bfloat16 else "float32"
+
+    def autocast(self, device: torch.device):
+        """Return the autocast context of the training steps on ``device``."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+# The memory format of each (device, dtype), chosen by measurement: channels-last on
+# CUDA (tensor-core convolutions); on the CPU see benchmarks/README.md, "Precision".
+_MEMORY_FORMATS = {
+    ("cuda", torch.bfloat16): torch.channels_last,
+    ("cuda", torch.float32): torch.channels_last,
+    ("cpu", torch.bfloat16): torch.channels_last,
+    ("cpu", torch.float32): torch.contiguous_format,
+}
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """Turn the ``precision`` parameter into a :class:`Precision` on ``device``.
+
+    ``"auto"`` is bfloat16 on CUDA and on CPUs that compute it in hardware
+    (:func:`con2._utils.native_bfloat16`), float32 elsewhere. bfloat16 asked for on a CPU
+    without it is honoured, with a warning that it will be slow.
+    """
+    native = device.type == "cuda" or native_bfloat16()
+    if precision == "auto":
+        precision = "bfloat16" if native else "float32"
+    if precision == "bfloat16" and not native:
+        warnings.warn(
+            "precision='bfloat16' on a CPU without native bfloat16 support (AVX512-BF16, "
+            "AMX or ARM BF16): every operation converts to float32 and back, so training "
+            "will be slower than with precision='float32'.",
+            UserWarning,
+            stacklevel=5,
+        )
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    return Precision(dtype, _MEMORY_FORMATS[device.type, dtype])
+
+
 def train_step(encoder, objective, optimizer, batch: tuple, progress: float, group=None,
-               sizes=None) -> Tensor:  # fmt: skip
+               sizes=None, precision: Precision = Precision()) -> Tensor:  # fmt: skip
     """One optimisation step on ``batch = (views, context_labels, instance_labels)``.
 
     ``objective`` (see :mod:`con2.objectives`) turns the heads' projections into the
-    loss, at training ``progress`` in [0, 1]. With a distributed ``group``, ``views`` are
+    loss, at training ``progress`` in [0, 1]; ``precision`` says how the forward and
+    backward passes compute. With a distributed ``group``, ``views`` are
     this rank's and the labels those of every rank's views in rank order (``sizes[r]``
     views on rank r): the projections are gathered and this rank's loss is that of its
     own anchors against all views, times the number of ranks, so that the gradient
@@ -102,9 +161,8 @@ def train_step(encoder, objective, optimizer, batch: tuple, progress: float, gro
     synchronisation).
     """
     views, context_labels, instance_labels = batch
-    if views.device.type == "cuda":
-        views = views.contiguous(memory_format=torch.channels_last)
-    with record_function("con2::forward"), _autocast(views.device):
+    views = views.contiguous(memory_format=precision.memory_format)
+    with record_function("con2::forward"), precision.autocast(views.device):
         projections = encoder(views)
     with record_function("con2::loss"):
         anchors, scale = None, 1
@@ -128,8 +186,8 @@ class EpochPlan:
     The training images (on the device, or in host memory when they do not fit), the
     contexts, the augmentation family, the objective (:mod:`con2.objectives`), images
     per step (the global batch), the seed that keys every random draw, the device where
-    the steps run, and the processes sharing the training
-    (:class:`con2._distributed.Group`).
+    the steps run, the processes sharing the training
+    (:class:`con2._distributed.Group`) and how the steps compute (:class:`Precision`).
     """
 
     images: Tensor
@@ -140,6 +198,7 @@ class EpochPlan:
     seed: int
     device: torch.device
     group: Group = field(default_factory=Group)
+    precision: Precision = field(default_factory=Precision)
 
 
 def train_epoch(encoder, optimizer, scheduler, plan: EpochPlan, epoch: int,
@@ -172,7 +231,7 @@ def train_epoch(encoder, optimizer, scheduler, plan: EpochPlan, epoch: int,
                              n_contexts)  # fmt: skip
             views = make_views(x, plan.contexts, plan.augment, KeyedRandom(keys))[0]
         total += train_step(encoder, plan.objective, optimizer, (views, *labels),
-                            next(progress), group, sizes)  # fmt: skip
+                            next(progress), group, sizes, plan.precision)  # fmt: skip
         scheduler.step()
     return group.sum(total) / n_batches
 
@@ -183,16 +242,6 @@ def _fetch(images: Tensor, indices: Tensor, device: torch.device) -> Tensor:
     if batch.device == device:
         return batch
     return batch.pin_memory().to(device, non_blocking=True)
-
-
-@contextlib.contextmanager
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain float32 elsewhere."""
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
 
 
 @contextlib.contextmanager

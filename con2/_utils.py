@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,27 @@ def loadable_device(device: torch.device) -> torch.device:
         )
         return torch.device("cpu")
     return device
+
+
+def native_bfloat16() -> bool:
+    """Whether this machine's CPU computes bfloat16 in hardware.
+
+    A fixed rule about the hardware, never a timing (a result must not depend on the
+    load): x86 CPUs with AVX512-BF16 or AMX tiles (recent Xeons, AMD Zen 4 and later),
+    as torch detects them, and ARM CPUs whose Linux ``/proc/cpuinfo`` lists ``bf16``
+    (Neoverse V1 and later, e.g. AWS Graviton3). Everything else computes bfloat16 by
+    conversion to float32, which is slower than float32 itself.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    if any(getattr(torch.cpu, name, lambda: False)() for name in checks):
+        return True
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return False
+    # "Features" is the name of the CPU flags in ARM's /proc/cpuinfo ("flags" on x86)
+    features = [line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("Features")]  # fmt: skip
+    return bool(features) and "bf16" in features[0]
 
 
 def derive_seed(random_state: Any) -> int:

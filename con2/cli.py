@@ -328,6 +328,7 @@ def _info(args) -> int:
         "epochs trained": str(len(detector.loss_curve_)),
         "loss at the end": f"{detector.loss_curve_[-1]:.4f}" if detector.loss_curve_ else "n/a",
         "fitted on": fitted["device_"],
+        "precision": f"{detector.precision_} (training's forward and backward passes)",
     }  # fmt: skip
     width = max(map(len, lines))
     for key, value in lines.items():

@@ -16,8 +16,15 @@ from helpers import pinned_data
 from con2 import Con2Detector
 
 PINNED = Path(__file__).parent / "data" / "pinned-scores.json"
-BASE = dict(base_width=4, n_epochs=2, batch_size=32, n_test_augmentations=4, device="cpu",
-            random_state=0)  # fmt: skip
+BASE = dict(
+    base_width=4,
+    n_epochs=2,
+    batch_size=32,
+    n_test_augmentations=4,
+    device="cpu",
+    precision="float32",
+    random_state=0,
+)  # fmt: skip (float32: as before precision)
 CONFIGS = {
     "vflip nnd": dict(context="vflip", scorer="nnd"),
     "vflip lh": dict(context="vflip", scorer="lh"),

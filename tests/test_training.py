@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import con2._training as training_module
 from con2._training import EpochPlan, build_optimizer, train_epoch
 from con2.augment import SimCLRAugment
 from con2.contexts import VerticalFlip
@@ -50,3 +51,19 @@ def test_a_cuda_epoch_never_synchronises_with_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss.cpu())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_on_cuda_and_on_cpus_that_compute_it(monkeypatch, native):
+    monkeypatch.setattr(training_module, "native_bfloat16", lambda: native)
+    cpu = training_module.resolve_precision("auto", torch.device("cpu"))
+    assert cpu.name == ("bfloat16" if native else "float32")
+    assert training_module.resolve_precision("auto", torch.device("cuda")).name == "bfloat16"
+    assert training_module.resolve_precision("float32", torch.device("cpu")).dtype == torch.float32
+
+
+def test_bfloat16_on_a_cpu_without_it_warns_that_it_is_slow(monkeypatch):
+    monkeypatch.setattr(training_module, "native_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="slower than with precision='float32'"):
+        found = training_module.resolve_precision("bfloat16", torch.device("cpu"))
+    assert found.dtype == torch.bfloat16
