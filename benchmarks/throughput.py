@@ -1,5 +1,8 @@
 """Training and scoring speed, measured as ratios side by side in one run.
 
+All four in float32 (the arithmetic of the committed tables; ``--precision-table``
+compares float32 with bfloat16).
+
 1. **Overhead**: one Con2 training step of ``Con2Detector.fit`` (batch gather, context,
    T, forward, loss, backward, AdamW), timed by the fit itself (``epoch_seconds_`` of a
    warm-started one-epoch fit), against the backbone's forward and backward alone on
@@ -12,15 +15,30 @@
    and ``EmpiricalCovariance``; seconds and peak memory.
 4. **Full budget**: the cost of 2048 epochs on 6000 images, extrapolated from (1).
 
+``--precision-table`` measures something else, side by side in one run on the CPU:
+float32 against bfloat16 (autocast) for widths 8, 16 and 64 on 28 px grayscale and 64
+and 128 px RGB images, with one and two threads:
+
+- *memory formats*: one training step of the encoder, its heads, the Con2 loss and
+  AdamW on pre-made views, with contiguous and channels-last weights and views;
+- *the library's step*: ``Con2Detector(precision=...)`` fits, also with ``compile=True``,
+  timed by their own ``epoch_seconds_`` (the first epoch, and compilation, left out);
+- *where a 128 px RGB step goes* (``torch.profiler`` ranges of a bfloat16 fit), for the
+  share of making the views (gather, context, augmentations).
+
     python benchmarks/throughput.py --width 64 --write-readme
+    python benchmarks/throughput.py --precision-table --write-readme
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +62,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from con2 import Con2Detector, Con2Objective
 from con2.augment import SimCLRAugment
-from con2.networks import Encoder, ResNet18
+from con2.networks import Encoder, ResNet18, resnet18
 from con2.scorers import GaussianScorer, NearestNeighborScorer
 
 ROOT = Path(__file__).resolve().parent
@@ -75,15 +93,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def training_precision(device):
-    """Return the autocast ``fit`` trains in: bf16 on CUDA (TF32 allowed), none on the CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+def training_precision(device, precision: str):
+    """Return the autocast and memory format a fit with ``precision`` trains in.
+
+    bfloat16 autocast with channels-last (TF32 allowed on CUDA), or float32: contiguous
+    on the CPU, channels-last on CUDA (the library's choices, benchmarks/README.md).
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16), torch.channels_last
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return contextlib.nullcontext(), layout
 
 
-def con2_runners(device, width, batch_size, size, channels, n_steps):
+def con2_runners(device, width, batch_size, size, channels, n_steps, precision="float32"):
     """Return callables running n_steps of Con2 and of the backbone alone; each returns seconds.
 
     Con2 is ``Con2Detector.fit``, warm-started for one epoch of ``n_steps`` steps at a
@@ -93,18 +117,16 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
     X = images(n_steps * batch_size, size, channels).numpy()
     det = Con2Detector(context="vflip", base_width=width, batch_size=batch_size, n_epochs=1,
                        n_test_augmentations=2, device=device.type, random_state=0,
-                       warm_start=True)  # fmt: skip
-    backbone = ResNet18(channels, width).to(device)
-    if device.type == "cuda":
-        backbone = backbone.to(memory_format=torch.channels_last)
+                       warm_start=True, precision=precision)  # fmt: skip
+    _, layout = training_precision(device, precision)
+    backbone = ResNet18(channels, width).to(device, memory_format=layout)
     # The backbone sees real views (augmented images in both contexts), made before timing.
     x = torch.from_numpy(X[:batch_size]).float().div(255)
     stacked = torch.cat([x, x.flip(-2)]).repeat(2, 1, 1, 1)
     augment = SimCLRAugment()
     params = augment.sample(len(stacked), (size, size), torch.Generator().manual_seed(1))
     views = ((augment.apply(stacked, params) - 0.5) / 0.5).to(device)
-    if device.type == "cuda":
-        views = views.contiguous(memory_format=torch.channels_last)
+    views = views.contiguous(memory_format=layout)
 
     def con2_epoch():
         with warnings.catch_warnings():
@@ -117,7 +139,7 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
         start = time.perf_counter()
         for _ in range(n_steps):
             backbone.zero_grad(set_to_none=True)
-            with training_precision(device):
+            with training_precision(device, precision)[0]:
                 h = backbone(views)
             h.float().sum().backward()
         sync(device)
@@ -126,13 +148,15 @@ def con2_runners(device, width, batch_size, size, channels, n_steps):
     return con2_epoch, backbone_steps
 
 
-def training_speed(device, width, batch_size, size, channels, n_steps, repeats, workers):
+def training_speed(device, width, batch_size, size, channels, n_steps, repeats, workers,
+                   precision="float32"):  # fmt: skip
     """Seconds per step of Con2, the backbone alone and the conventional pipeline.
 
     The three run in turn, ``repeats`` rounds after a warm-up round, so that a slow
     moment of a shared machine hits all of them; the medians are compared.
     """
-    con2_epoch, backbone_steps = con2_runners(device, width, batch_size, size, channels, n_steps)
+    con2_epoch, backbone_steps = con2_runners(device, width, batch_size, size, channels, n_steps,
+                                              precision)  # fmt: skip
     conventional_epoch = conventional_runner(
         device, width, batch_size, size, channels, n_steps, workers
     )
@@ -210,9 +234,9 @@ def conventional_runner(device, width, batch_size, size, channels, n_steps, work
     return epoch
 
 
-def profile_step(device, width, batch_size, size, channels) -> dict:
+def profile_step(device, width, batch_size, size, channels, precision="float32") -> dict:
     """Milliseconds per part of one Con2 step, from ``torch.profiler`` ranges."""
-    con2_epoch, _ = con2_runners(device, width, batch_size, size, channels, n_steps=2)
+    con2_epoch, _ = con2_runners(device, width, batch_size, size, channels, 2, precision)
     con2_epoch()  # warm-up (the ranges below are the training loop's own, "con2::...")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -286,6 +310,214 @@ def scoring(device, dim, n_train, n_test, n_views) -> dict:
     same = np.abs(outputs["con2 nnd (float32 bank)"] - outputs["sklearn NearestNeighbors(cosine)"])
     results["max |con2 nnd - sklearn|"] = float(same.max())
     return results
+
+
+PRECISION_WIDTHS = (8, 16, 64)
+PRECISION_IMAGES = {"28 px gray": (1, 28), "64 px RGB": (3, 64), "128 px RGB": (3, 128)}
+FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FITS = {
+    "float32": dict(precision="float32"),
+    "bfloat16": dict(precision="bfloat16"),
+    "float32, compile": dict(precision="float32", compile=True),
+    "bfloat16, compile": dict(precision="bfloat16", compile=True),
+}
+
+
+def step_batch(width: int, size: int) -> int:
+    """Images per step: 256 at width 8 on 28 px, fewer (at least 16) where views cost more.
+
+    A view costs about width^2 x the pixels the first stage sees (a quarter of a side
+    above 64 px, where the ImageNet stem downsamples by 4).
+    """
+    pixels = (size if size <= 64 else size // 4) ** 2
+    return max(16, min(256, 256 * 8**2 * 28**2 // (width**2 * pixels)) // 4 * 4)
+
+
+def format_runners(width, channels, size, batch, skip=()) -> dict:
+    """One step on pre-made views per (dtype, memory format); each returns its seconds."""
+    objective = Con2Objective()
+    x = images(batch, size, channels).float().div(255)
+    stacked = torch.cat([x, x.flip(-2)]).repeat(2, 1, 1, 1)
+    augment = SimCLRAugment()
+    params = augment.sample(len(stacked), (size, size), torch.Generator().manual_seed(1))
+    views = (augment.apply(stacked, params) - 0.5) / 0.5
+    contexts = torch.tensor([0, 1, 0, 1]).repeat_interleave(batch)
+    instances = torch.arange(batch).repeat(4)
+    runners = {}
+    for (dname, dtype), (fname, layout) in itertools.product(DTYPES.items(), FORMATS.items()):
+        torch.manual_seed(0)
+        backbone = resnet18((channels, size, size), width)  # the library's stem for the size
+        encoder = Encoder(backbone, objective.heads(8 * width, 1))
+        encoder = encoder.to(memory_format=layout)
+        optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3, weight_decay=1e-3)
+        arranged = views.contiguous(memory_format=layout)
+
+        def step(encoder=encoder, optimizer=optimizer, arranged=arranged, dtype=dtype):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss = objective.loss(encoder(arranged), contexts, instances, 0.5)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return time.perf_counter() - start
+
+        runners[f"{dname} {fname}"] = step
+    return {name: run for name, run in runners.items() if name not in skip}
+
+
+def fit_runners(width, channels, size, batch, n_steps: int, epochs: int) -> dict:
+    """Library fits per precision (and compiled); each returns seconds per step."""
+    X = images(n_steps * batch, size, channels).numpy()
+
+    def runner(params):
+        def run():
+            det = Con2Detector(context="vflip", base_width=width, batch_size=batch,
+                               n_epochs=1 + epochs, n_test_augmentations=2, device="cpu",
+                               random_state=0, **params)  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # random pixels suit no context
+                det.fit(X)
+            return statistics.median(det.epoch_seconds_[1:]) / n_steps
+
+        return run
+
+    return {name: runner(params) for name, params in FITS.items()}
+
+
+def views_share(width, channels, size, batch) -> dict:
+    """Milliseconds per part of a bfloat16 step, from a profiled fit of two epochs."""
+    X = images(2 * batch, size, channels).numpy()
+    det = Con2Detector(context="vflip", base_width=width, batch_size=batch, n_epochs=2,
+                       n_test_augmentations=2, device="cpu", precision="bfloat16",
+                       random_state=0)  # fmt: skip
+    with warnings.catch_warnings(), torch.profiler.profile() as prof:
+        warnings.simplefilter("ignore", UserWarning)
+        det.fit(X)
+    parts = {event.key.removeprefix("con2::"): event.cpu_time_total / 1000 / 4
+             for event in prof.key_averages() if event.key.startswith("con2::")}  # fmt: skip
+    return {"ms": parts, "views_share": parts["views"] / sum(parts.values())}
+
+
+def interleaved(runners: dict, rounds: int) -> dict:
+    """Medians of ``rounds`` rounds of every runner in turn, after a warm-up round."""
+    samples = {name: [] for name in runners}
+    for round_ in range(rounds + 1):
+        for name, run in runners.items():
+            seconds = run()
+            if round_ > 0:
+                samples[name].append(seconds)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def precision_case(case: dict) -> dict:
+    """One (width, image, threads) case of the table, measured in this process."""
+    torch.set_num_threads(case["threads"])
+    width, image, rounds = case["width"], case["image"], case["rounds"]
+    channels, size = case["shape"]
+    batch = case.get("batch") or step_batch(width, size)
+    row = {"width": width, "image": image, "threads": case["threads"], "batch": batch}
+    row["formats"] = interleaved(format_runners(width, channels, size, batch, case["skip"]),
+                                 rounds)  # fmt: skip
+    fits = fit_runners(width, channels, size, batch, case["n_steps"], case["epochs"])
+    row["fits"] = interleaved(fits, rounds)
+    if case.get("profile"):
+        row["profile"] = views_share(width, channels, size, batch)
+    return row
+
+
+def precision_table(threads=(1, 2), rounds: int = 3, n_steps: int = 2, epochs: int = 2,
+                    widths=PRECISION_WIDTHS, shapes=None) -> dict:  # fmt: skip
+    """Every (width, image, threads) case: seconds per step of each format and each fit.
+
+    Each case runs in a process of its own: torch 2.14.1's CPU backward corrupts the heap
+    (and the process dies) for float32 channels-last at small widths on larger images
+    (width 8 from 48 px, measured), so a case whose process dies is measured again
+    without float32 channels-last, and the table says so.
+    """
+    shapes = shapes or PRECISION_IMAGES
+    rows = {}
+    for count, width, (image, shape) in itertools.product(threads, widths, shapes.items()):
+        case = {"width": width, "image": image, "shape": shape, "threads": count,
+                "rounds": rounds, "n_steps": n_steps, "epochs": epochs, "skip": [],
+                "profile": shape[1] == 128 and count == max(threads)}  # fmt: skip
+        row = _run_case(case)
+        if row is None:
+            case["skip"] = ["float32 channels-last"]
+            row = _run_case(case)
+            row["crashed"] = case["skip"]
+        rows[f"w{width} {image} {count}t"] = row
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+    return rows
+
+
+def _run_case(case: dict) -> dict | None:
+    """Run :func:`precision_case` in a new process; None when that process dies."""
+    done = subprocess.run([sys.executable, __file__, "--precision-case", json.dumps(case)],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    if done.returncode != 0:
+        if done.returncode > 0 and "Error" in done.stderr:
+            raise RuntimeError(done.stderr[-2000:])  # a Python error: a bug, not a crash
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), widths=None,
+                   shapes=None) -> dict:  # fmt: skip
+    """Run the precision table and save it (``results/throughput-precision-cpu.json``)."""
+    path = Path(out) if out else ROOT / "results" / "throughput-precision-cpu.json"
+    results = ResultsFile(path, resume=False)
+    results.start_run(command_line("throughput.py", ("--precision-table", True),
+                                   ("--rounds", rounds)), device=torch.device("cpu"))  # fmt: skip
+    rows = precision_table(threads, rounds, widths=widths or PRECISION_WIDTHS, shapes=shapes)
+    results.data.update(rows=rows, torch=torch.__version__, native_bfloat16=native_bfloat16())
+    results.save()
+    if write_readme:
+        render_block(ROOT / "README.md", "throughput-precision-cpu", precision_text(results.data))
+    return results.data
+
+
+def native_bfloat16() -> str:
+    """Return the CPU flags that say bfloat16 is computed in hardware (/proc/cpuinfo's)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    found = sorted({f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in text})
+    return ", ".join(found) or "none"
+
+
+def precision_text(r) -> str:
+    """Return the README block of the precision table: ratios to float32 contiguous."""
+    rows = r["rows"].values()
+    lines = [
+        f"{run_header(r)}, torch {r['torch']}; CPU flags for bfloat16: {r['native_bfloat16']}; "
+        "medians of interleaved rounds after a warm-up; speed-ups are float32 (contiguous, "
+        "or the library's float32 fit) seconds divided by each case's.",
+        "",
+        *command_lines(r),
+        "",
+        "| width | images (batch) | threads | float32 channels-last | bf16 contiguous | "
+        "bf16 channels-last | fit bf16 | fit f32 compiled | fit bf16 compiled | "
+        "fit f32 s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in rows:
+        f, fits = row["formats"], row["fits"]
+        base, fit = f["float32 contiguous"], fits["float32"]
+        lines.append(
+            f"| {row['width']} | {row['image']} ({row['batch']}) | {row['threads']} | "
+            + " | ".join(f"{base / f[k]:.2f}x" for k in ("float32 channels-last",
+                         "bfloat16 contiguous", "bfloat16 channels-last"))
+            + " | "
+            + " | ".join(f"{fit / fits[k]:.2f}x" for k in ("bfloat16", "float32, compile",
+                         "bfloat16, compile"))
+            + f" | {fit:.3f} |"
+        )  # fmt: skip
+    shares = [f"width {row['width']} {100 * row['profile']['views_share']:.0f}%"
+              for row in rows if "profile" in row]  # fmt: skip
+    if shares:
+        lines += ["", "Share of a bfloat16 step spent making the views (gather, context, "
+                  "augmentations) at 128 px RGB: " + ", ".join(shares) + "."]  # fmt: skip
+    return "\n".join(lines)
 
 
 def main(
@@ -395,5 +627,20 @@ if __name__ == "__main__":
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--n-train", type=int, default=6000)
     parser.add_argument("--n-views", type=int, default=40)
+    parser.add_argument(
+        "--precision-table",
+        action="store_true",
+        help="float32 against bfloat16 on the CPU (see the docstring)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the precision table")
+    parser.add_argument("--precision-case", default=None, help=argparse.SUPPRESS)
     add_options(parser, "out", "write-readme")
-    main(**parse_options(parser))
+    options = parse_options(parser)
+    case = options.pop("precision_case")
+    if case:  # one case, in a process of its own
+        print(json.dumps(precision_case(json.loads(case))))
+    elif options.pop("precision_table"):
+        precision_main(options["out"], options["write_readme"], options["rounds"])
+    else:
+        options.pop("rounds")
+        main(**options)

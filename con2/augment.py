@@ -189,7 +189,10 @@ class SimCLRAugment:
         """
         x = _resized_crop(x, params.crop, params.flip)
         x = _color_jitter(x, params)
-        if x.shape[1] == 3:
+        if x.shape[1] == 3 and x.device.type == "cpu":  # the chosen images only (see above)
+            chosen = torch.nonzero(params.gray).flatten()
+            x[chosen] = _grayscale(x[chosen]).expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3:
             x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
         return x
 
@@ -287,14 +290,26 @@ def _grayscale(x: Tensor) -> Tensor:
 def _color_jitter(x: Tensor, params: AugmentParams) -> Tensor:
     """Brightness, contrast, saturation and hue in each image's own random order.
 
-    Slot ``k`` applies, to every image, the operation ``order[:, k]`` names for it (a
-    ``where`` over the candidates). Saturation and hue do nothing to 1-channel images, as
-    in torchvision, so they are skipped there.
+    Slot ``k`` applies, to every image, the operation ``order[:, k]`` names for it.
+    Saturation and hue do nothing to 1-channel images, as in torchvision, so they are
+    skipped there. On the CPU each operation runs on the images that take it in that
+    slot (a quarter of them); elsewhere every operation runs on every image and a
+    ``where`` picks, because selecting images would wait for the device. Each image's
+    arithmetic is the same either way, so are the results, bit for bit.
     """
     n_ops = 4 if x.shape[1] == 3 else 2
     factors = params.factors[:, :, None, None, None].to(x.dtype)
+    cpu = x.device.type == "cpu"
+    if cpu:
+        x = x.clone()  # updated in place below: each image by one operation per slot
     for slot in range(4):
         op = params.order[:, slot]
+        if cpu:
+            for index in range(n_ops):
+                chosen = torch.nonzero(params.jitter & (op == index)).flatten()
+                if len(chosen):
+                    x[chosen] = _JITTER_OPS[index](x[chosen], factors[chosen, index])
+            continue
         out = x
         for index in range(n_ops):
             chosen = (params.jitter & (op == index))[:, None, None, None]

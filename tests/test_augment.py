@@ -156,3 +156,24 @@ def test_cuda_sampling_and_application():
     assert params.crop.device.type == "cuda"
     out = AUGMENT.apply(torch.rand(32, 3, 32, 32, device="cuda"), params)
     assert out.device.type == "cuda"
+
+
+def test_a_batch_is_each_image_augmented_as_torchvision_would_alone():
+    """Every image of a batch gets its own crop, flip, jitter order and grayscale."""
+    x = torch.rand(24, 3, 20, 20)
+    params = draw(24, size=(20, 20), seed=3)
+    assert params.jitter.any() and params.gray.any() and not params.gray.all()
+    got = AUGMENT.apply(x, params)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(24):
+        top, left, h, w = (int(v) for v in params.crop[i])
+        expected = TF.resized_crop(x[i : i + 1], top, left, h, w, size=[20, 20], antialias=False)
+        if params.flip[i]:
+            expected = TF.horizontal_flip(expected)
+        if params.jitter[i]:
+            for index in params.order[i].tolist():
+                expected = ops[index](expected, float(params.factors[i, index]))
+        if params.gray[i]:
+            expected = TF.rgb_to_grayscale(expected, num_output_channels=3)
+        torch.testing.assert_close(got[i : i + 1], expected, atol=1e-5, rtol=0)
+    assert torch.equal(got[5:6], AUGMENT.apply(x[5:6], params.map(lambda t: t[5:6])))
