@@ -189,7 +189,7 @@ class SimCLRAugment:
         """
         x = _resized_crop(x, params.crop, params.flip)
         x = _color_jitter(x, params)
-        if x.shape[1] == 3 and x.device.type == "cpu":  # the chosen images only (see above)
+        if x.shape[1] == 3 and _selecting(x):  # the chosen images only (see _color_jitter)
             chosen = torch.nonzero(params.gray).flatten()
             x[chosen] = _grayscale(x[chosen]).expand(-1, 3, -1, -1)
         elif x.shape[1] == 3:
@@ -279,6 +279,11 @@ def _resized_crop(x: Tensor, crop: Tensor, flip: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _selecting(x: Tensor) -> bool:
+    """Whether to apply per-image operations to the selected images only (eager CPU)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _grayscale(x: Tensor) -> Tensor:
     """Luma of RGB images, shape (batch_size, 1, height, width)."""
     if x.shape[1] == 1:
@@ -292,14 +297,15 @@ def _color_jitter(x: Tensor, params: AugmentParams) -> Tensor:
 
     Slot ``k`` applies, to every image, the operation ``order[:, k]`` names for it.
     Saturation and hue do nothing to 1-channel images, as in torchvision, so they are
-    skipped there. On the CPU each operation runs on the images that take it in that
-    slot (a quarter of them); elsewhere every operation runs on every image and a
-    ``where`` picks, because selecting images would wait for the device. Each image's
-    arithmetic is the same either way, so are the results, bit for bit.
+    skipped there. Eagerly on the CPU each operation runs on the images that take it in
+    that slot (a quarter of them); elsewhere every operation runs on every image and a
+    ``where`` picks, because selecting images would wait for the device (and has no
+    exportable shape). Each image's arithmetic is the same either way, so are the
+    results, bit for bit.
     """
     n_ops = 4 if x.shape[1] == 3 else 2
     factors = params.factors[:, :, None, None, None].to(x.dtype)
-    cpu = x.device.type == "cpu"
+    cpu = _selecting(x)
     if cpu:
         x = x.clone()  # updated in place below: each image by one operation per slot
     for slot in range(4):

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -288,3 +291,22 @@ def test_bfloat16_training_is_reproducible_and_leaves_float32_weights(digits, ti
     assert not np.array_equal(det.score_samples(digits[1]), float32.score_samples(digits[1]))
     det.save(tmp_path / "m.con2")
     assert con2.load(tmp_path / "m.con2").precision_ == "bfloat16"
+
+
+@pytest.mark.slow
+def test_compiled_float32_training_at_a_small_width_on_48_px_images_does_not_crash(tmp_path):
+    """torch 2.14's CPU backward of float32 channels-last convolutions corrupts memory at
+    width 8 from 48 px, and inductor's layout optimisation makes convolutions channels-last:
+    a compiled float32 fit on the CPU must go without it (in a subprocess: a crash kills)."""
+    script = (
+        "import numpy as np, warnings\n"
+        "from con2 import Con2Detector\n"
+        "warnings.simplefilter('ignore')\n"
+        "X = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 3), dtype=np.uint8)\n"
+        "det = Con2Detector(base_width=8, n_epochs=2, batch_size=32, n_test_augmentations=2,\n"
+        "                   device='cpu', precision='float32', compile=True, random_state=0)\n"
+        "print(np.isfinite(det.fit(X).loss_curve_).all())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
