@@ -13,17 +13,27 @@ from con2.contexts import (
     VerticalFlip,
     check_context,
 )
-from con2.objectives import OBJECTIVES, Con2Objective, Objective, SimCLRObjective
-from con2.scorers import SCORERS, GaussianScorer, NearestNeighborScorer, Scorer
+from con2.objectives import (
+    OBJECTIVES,
+    Con2Objective,
+    CSIObjective,
+    FIRMObjective,
+    Objective,
+    SimCLRObjective,
+)
+from con2.scorers import SCORERS, CSIScorer, GaussianScorer, NearestNeighborScorer, Scorer
 
 __all__ = [
     "CONTEXTS",
     "OBJECTIVES",
     "SCORERS",
+    "CSIObjective",
+    "CSIScorer",
     "ColorInvert",
     "Con2Detector",
     "Con2Objective",
     "ContextAugmentation",
+    "FIRMObjective",
     "GaussianScorer",
     "HistogramEqualize",
     "NearestNeighborScorer",

@@ -30,22 +30,26 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
     Parameters
     ----------
-    context : {"vflip", "invert", "equalize"}, ContextAugmentation, list or None, \
-            default="vflip"
+    context : {"vflip", "invert", "equalize", "rot90", "rot180", "rot270"}, \
+            ContextAugmentation, list or None, default="vflip"
         The context augmentation(s). A list trains with several contexts (paper F.3).
         ``None`` trains without context: with the Con2 objective, plain instance
         discrimination (the paper's SimCLR baseline). See :func:`con2.check_context`
         for choosing one.
-    scorer : {"nnd", "lh"} or scorer object, default="nnd"
+    scorer : {"nnd", "lh", "csi"} or scorer object, default="nnd"
         ``"nnd"``: cosine similarity to the nearest training image
-        (:class:`~con2.scorers.NearestNeighborScorer`, keeps all training embeddings).
-        ``"lh"``: Gaussian log-likelihood (:class:`~con2.scorers.GaussianScorer`, keeps a
-        mean and covariance per view). An object is cloned at fit, never modified.
-    objective : {"con2", "simclr"} or objective object, default="con2"
+        (:class:`~con2.scorers.NearestNeighborScorer`, keeps all training embeddings;
+        ``NearestNeighborScorer(n_neighbors=5)`` is FIRM's score). ``"lh"``: Gaussian
+        log-likelihood (:class:`~con2.scorers.GaussianScorer`, keeps a mean and
+        covariance per view). ``"csi"``: CSI's own score, for ``objective="csi"``
+        (:class:`~con2.scorers.CSIScorer`). An object is cloned at fit, never modified.
+    objective : {"con2", "simclr", "csi", "firm"} or objective object, default="con2"
         What the encoder is trained to do (:mod:`con2.objectives`). ``"con2"``:
         context contrasting plus content alignment (:class:`~con2.objectives.Con2Objective`).
-        ``"simclr"``: instance discrimination without context (needs ``context=None``).
-        An object with ``heads`` and ``loss`` methods is cloned at fit, never modified.
+        ``"simclr"``: instance discrimination. ``"csi"`` and ``"firm"``: rotated copies as
+        shifted instances or synthetic outliers, which are also test-time views. The last
+        three have no context term and need ``context=None``. An object with ``heads`` and
+        ``loss`` methods is cloned at fit, never modified.
     backbone : "resnet18" or callable, default="resnet18"
         ResNet18 from scratch (3x3 stem up to 64 px, ImageNet stem above), or a callable
         ``backbone(image_shape) -> nn.Module`` mapping (batch, C, H, W) to (batch,

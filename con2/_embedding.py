@@ -112,6 +112,7 @@ def embed_views(
     forward_size: int,
     device: torch.device,
     out: Tensor | None = None,
+    heads: tuple | None = None,
 ) -> Tensor:
     """Embed every test-time view of every image.
 
@@ -133,6 +134,9 @@ def embed_views(
         Where the network runs.
     out : Tensor of shape (n_views, n_samples, embed_dim), float32, default=None
         Where to write the embeddings (a buffer on disk, say), chunk by chunk.
+    heads : tuple of str, default=None
+        None: L2-normalised backbone features. Names: those heads' outputs side by side
+        (``Encoder.features``), for scorers that compare head outputs.
 
     Returns
     -------
@@ -149,7 +153,7 @@ def embed_views(
             x = to_float(images[start : start + per_chunk].to(device))
             batch = normalize(x) if views is None else views.apply(x)
             parts = batch.split(forward_size)
-            z = torch.cat([_padded_embed(encoder, part, forward_size) for part in parts])
+            z = torch.cat([_padded_embed(encoder, part, forward_size, heads) for part in parts])
             z = z.view(n_views, x.shape[0], -1)
             if out is None:
                 chunks.append(z)
@@ -158,21 +162,22 @@ def embed_views(
     return torch.cat(chunks, dim=1) if out is None else out
 
 
-def embed_training_set(encoder, plan, views, forward_size: int, out=None) -> Tensor:
+def embed_training_set(encoder, plan, views, forward_size: int, out=None, heads=None) -> Tensor:
     """Embed every view of every training image, shape (n_views, n_samples, embed_dim).
 
     ``plan`` is the fit's :class:`con2._training.EpochPlan` (images, device, group).
 
     With several processes each embeds its shard of the images and all gather the whole,
     in order, so that every rank fits the identical scorer. ``out`` as in
-    :func:`embed_views` (single process only).
+    :func:`embed_views` (single process only); ``heads`` as there.
     """
     group, images = plan.group, plan.images
     if not group.active:
-        return embed_views(encoder, images, views, forward_size, plan.device, out)
+        return embed_views(encoder, images, views, forward_size, plan.device, out, heads)
     bounds = group.bounds(images.shape[0])
     start, stop = bounds[group.rank]
-    mine = embed_views(encoder, images[start:stop], views, forward_size, plan.device)
+    mine = embed_views(encoder, images[start:stop], views, forward_size, plan.device,
+                       heads=heads)  # fmt: skip
     rows = group.gather_rows(mine.transpose(0, 1).contiguous(), [b - a for a, b in bounds])
     return rows.transpose(0, 1)
 
@@ -198,8 +203,8 @@ def embedding_buffer(shape: tuple, on_disk: bool, directory=None):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _padded_embed(encoder, x: Tensor, size: int) -> Tensor:
+def _padded_embed(encoder, x: Tensor, size: int, heads=None) -> Tensor:
     n_rows = x.shape[0]
     if n_rows < size:
         x = torch.cat([x, x.new_zeros(size - n_rows, *x.shape[1:])])
-    return encoder.embed(x)[:n_rows]
+    return encoder.features(x, heads)[:n_rows]

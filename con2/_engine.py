@@ -42,7 +42,7 @@ from con2._utils import derive_seed, make_generator, release_cuda_memory, resolv
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
 from con2.networks import BACKBONES, build_encoder
-from con2.objectives import OBJECTIVES, check_contexts, resolve_objective
+from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 from con2.scorers import SCORERS, resolve_scorer
 
 # The values the component parameters may take: the engine resolves them, so it says
@@ -68,16 +68,35 @@ class Components:
 
 
 def resolve_components(detector) -> Components:
-    """Resolve contexts, objective and scorer; refuse what cannot work together."""
-    contexts = resolve_contexts(detector.context)
+    """Resolve contexts, objective and scorer; refuse what cannot work together.
+
+    The contexts of a fit are the detector's, then the objective's own ``transforms``.
+    """
     objective = resolve_objective(detector.objective, detector.temperature, detector.alpha_max)
-    check_contexts(objective, contexts)
+    contexts = objective_contexts(objective, resolve_contexts(detector.context))
     if detector.n_test_augmentations < len(contexts) + 1:
         raise ValueError(
             f"n_test_augmentations={detector.n_test_augmentations} is fewer than the "
             f"{len(contexts) + 1} contexts; each context needs at least one view."
         )
-    return Components(contexts, objective, resolve_scorer(detector.scorer))
+    scorer = resolve_scorer(detector.scorer)
+    _check_scorer_heads(scorer, objective, len(contexts))
+    return Components(contexts, objective, scorer)
+
+
+def _check_scorer_heads(scorer, objective, n_contexts: int) -> None:
+    """Refuse a scorer that reads heads the objective does not build (before training)."""
+    wanted = getattr(scorer, "heads", None)
+    if not wanted:
+        return
+    with torch.random.fork_rng(devices=[]):  # the probe heads draw weights
+        built = tuple(objective.heads(8, n_contexts))
+    if not set(wanted) <= set(built):
+        raise ValueError(
+            f"The scorer {scorer!r} scores the heads {wanted} of the objective; "
+            f"{objective!r} builds {built}. Use a scorer of backbone features ('nnd', "
+            "'lh') or the objective it belongs to (CSIScorer: objective='csi')."
+        )
 
 
 def fit(detector, X) -> dict:
@@ -145,11 +164,11 @@ def _fit_scorer(scorer, encoder, plan, views, spill: bool, cache_dir) -> np.ndar
     rank fits the identical scorer. ``spill``: the embeddings go to a file. A scorer that
     can leave an image out scores each training image without it.
     """
-    n_samples = plan.images.shape[0]
-    shape = (len(views), n_samples, encoder.backbone.embed_dim)
+    n_samples, heads = plan.images.shape[0], getattr(scorer, "heads", None)
+    shape = (len(views), n_samples, encoder.feature_dim(heads))
     with embedding_buffer(shape, spill, cache_dir) as out:
         forward = forward_size(plan.device, plan.batch_size)
-        embeddings = embed_training_set(encoder, plan, views, forward, out)
+        embeddings = embed_training_set(encoder, plan, views, forward, out, heads)
         scorer.fit(embeddings)
         loo = getattr(scorer, "leave_one_out", False)
         exclude = torch.arange(n_samples, device=plan.device) if loo else None
@@ -219,14 +238,15 @@ def _score_images(detector, images) -> np.ndarray:
     loo = getattr(detector.scorer_, "leave_one_out", False)
     index = detector._train_index
     exclude = index.lookup(images) if loo and index is not None else None
+    heads = getattr(detector.scorer_, "heads", None)
 
     def compute(start, stop, forward):
         z = embed_views(detector.encoder_, images[start:stop], detector.views_, forward,
-                        detector.device_)  # fmt: skip
+                        detector.device_, heads=heads)  # fmt: skip
         part = None if exclude is None else exclude[start:stop]
         return detector.scorer_.score_samples(z, part).cpu()
 
-    per_image = 4 * len(detector.views_) * detector.encoder_.backbone.embed_dim
+    per_image = 4 * len(detector.views_) * detector.encoder_.feature_dim(heads)
     return in_chunks(detector, images.shape[0], per_image, compute).numpy().astype(np.float64)
 
 

@@ -27,7 +27,6 @@ from dataclasses import fields
 from datetime import datetime, timezone
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from con2._embedding import TestTimeViews
@@ -46,8 +45,9 @@ class ScoringModule(nn.Module):
 
     Parameters
     ----------
-    backbone : nn.Module
-        The trained backbone (its features are L2-normalised here).
+    encoder : Encoder
+        The trained encoder: its backbone (features L2-normalised here) and, for scorers
+        of head outputs, its heads.
     views : TestTimeViews
         The fixed test-time views; their parameters become buffers.
     head : nn.Module
@@ -57,11 +57,15 @@ class ScoringModule(nn.Module):
         The threshold: ``decision = score - offset``.
     value_range : tuple of float or None
         None: the input is ``uint8`` (0..255). Otherwise floats in that range.
+    feature_heads : tuple of str or None
+        The scorer's ``heads`` (None: backbone features).
     """
 
-    def __init__(self, backbone, views: TestTimeViews, head, offset: float, value_range=None):
+    def __init__(self, encoder, views: TestTimeViews, head, offset: float, value_range=None,
+                 feature_heads=None):  # fmt: skip
         super().__init__()
-        self.backbone = backbone
+        self.encoder = encoder
+        self.feature_heads = feature_heads
         self.contexts, self.augment = views.contexts, views.augment
         for field in fields(AugmentParams):
             self.register_buffer(f"view_{field.name}", getattr(views.params, field.name),
@@ -94,7 +98,7 @@ class ScoringModule(nn.Module):
             low, high = self.value_range
             x = (images.to(torch.float32) - low) / (high - low)
         views = self.views().apply(x)  # (n_views * batch_size, ...), view-major
-        z = F.normalize(self.backbone(views).float(), dim=1)
+        z = self.encoder.features(views, self.feature_heads)
         score = self.head(z.view(len(self.view_contexts), x.shape[0], -1))
         decision = score - self.offset
         label = torch.where(decision < 0, -1, 1)
@@ -108,12 +112,12 @@ def scoring_module(detector, device="cpu") -> ScoringModule:
             f"The scorer {detector.scorer_!r} has no head() module, so it cannot be "
             "exported; the built-in 'nnd' and 'lh' scorers can."
         )
-    backbone, views, head = detector.encoder_.backbone, detector.views_, detector.scorer_.head()
+    encoder, views, head = detector.encoder_, detector.views_, detector.scorer_.head()
     if torch.device(device) != detector.device_:
-        backbone, head = move((backbone, head), device)
+        encoder, head = move((encoder, head), device)
     value_range = None if detector.value_range is None else tuple(map(float, detector.value_range))
-    module = ScoringModule(backbone, views.to(torch.device(device)), head, detector.offset_,
-                           value_range)  # fmt: skip
+    module = ScoringModule(encoder, views.to(torch.device(device)), head, detector.offset_,
+                           value_range, getattr(detector.scorer_, "heads", None))  # fmt: skip
     return module.eval()
 
 

@@ -116,7 +116,7 @@ BACKBONES = {"resnet18": resnet18}
 
 
 class ProjectionHead(nn.Module):
-    """Two-layer MLP head with L2-normalised output (SimCLR's ``g``).
+    """Two-layer MLP head, with L2-normalised output by default (SimCLR's ``g``).
 
     Parameters
     ----------
@@ -124,17 +124,21 @@ class ProjectionHead(nn.Module):
         Size of the backbone features.
     out_dim : int, default=128
         Size of the projection.
+    normalize : bool, default=True
+        Whether to return unit vectors (False: CSI scores with the norm too).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 128):
+    def __init__(self, in_dim: int, out_dim: int = 128, normalize: bool = True):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim)
         )
+        self.normalize = normalize
 
     def forward(self, h: Tensor) -> Tensor:
-        """Map (batch_size, in_dim) features to (batch_size, out_dim) unit vectors."""
-        return F.normalize(self.net(h), dim=1)
+        """Map (batch_size, in_dim) features to (batch_size, out_dim) projections."""
+        z = self.net(h)
+        return F.normalize(z, dim=1) if self.normalize else z
 
 
 class Encoder(nn.Module):
@@ -170,6 +174,26 @@ class Encoder(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         """Return L2-normalised backbone features ``h / ||h||``, shape (batch_size, embed_dim)."""
         return F.normalize(self.backbone(x).float(), dim=1)
+
+    def features(self, x: Tensor, heads: tuple | None = None) -> Tensor:
+        """Return what a scorer compares: :meth:`embed`, or the named heads' outputs side by side.
+
+        ``heads`` (names, in order) concatenates their outputs as the heads return them,
+        in float32, shape (batch_size, sum of the heads' output sizes).
+        """
+        if heads is None:
+            return self.embed(x)
+        h = self.backbone(x)
+        return torch.cat([self.heads[name](h).float() for name in heads], dim=1)
+
+    def feature_dim(self, heads: tuple | None = None) -> int:
+        """Return the size of :meth:`features` rows (heads are probed on a zero feature)."""
+        if heads is None:
+            return self.backbone.embed_dim
+        parameter = next(self.heads.parameters())
+        probe = parameter.new_zeros(1, self.backbone.embed_dim)
+        with torch.no_grad():
+            return sum(self.heads[name](probe).shape[1] for name in heads)
 
 
 def build_encoder(backbone, base_width: int, image_shape: tuple, seed: int, heads) -> Encoder:

@@ -5,10 +5,12 @@ the loss of one batch of views. The training loop, the views, the distributed ga
 the checkpoints and the scorers are the same for every objective.
 
 **Views.** Every step draws two random views (the SimCLR family T) of every image in
-every context: the image itself (context 0) and each context augmentation of it
-(contexts 1..K). Each view carries a *context label* and an *instance label* (which
-image it comes from; unique over the whole global batch, also when several processes
-share it).
+every context: the image itself (context 0), each context augmentation of it (contexts
+1..K), then each of the objective's own ``transforms`` (CSI's shifted copies, FIRM's
+synthetic outliers: rotations). Each view carries a *context label* and an *instance
+label* (which image it comes from; unique over the whole global batch, also when several
+processes share it). The same contexts make the test-time views, so rotations are
+test-time views like the others.
 
 **The protocol.** :meth:`Objective.heads` builds the heads for features of size
 ``embed_dim`` and ``n_contexts`` context augmentations; :meth:`Objective.loss` maps the
@@ -23,7 +25,14 @@ Built-in objectives (:data:`OBJECTIVES`):
 
 - ``"con2"``: :class:`Con2Objective`, context contrasting plus content alignment [1]_;
 - ``"simclr"``: :class:`SimCLRObjective`, instance discrimination [2]_ (the paper's
-  SimCLR baseline, Con2 without a context).
+  SimCLR baseline, Con2 without a context);
+- ``"csi"``: :class:`CSIObjective`, contrasting shifted instances [3]_;
+- ``"firm"``: :class:`FIRMObjective`, focused in-distribution representation modelling
+  [4]_.
+
+Every objective trains with the same views, augmentation family, optimiser and backbone
+(one pipeline, so that they compare at equal budget); where the papers' own code
+differs (its optimiser, its heads, its augmentations), the class docstring says so.
 
 References
 ----------
@@ -31,6 +40,10 @@ References
    Detection", 2024, section 2.2 and appendix B.1. https://arxiv.org/abs/2405.18848
 .. [2] Chen et al., "A Simple Framework for Contrastive Learning of Visual
    Representations", ICML 2020. https://arxiv.org/abs/2002.05709
+.. [3] Tack et al., "CSI: Novelty Detection via Contrastive Learning on Distributionally
+   Shifted Instances", NeurIPS 2020. https://arxiv.org/abs/2007.08176
+.. [4] Lima et al., "Learning In-Distribution Representations for Anomaly Detection",
+   2025. https://arxiv.org/abs/2501.05130
 """
 
 from __future__ import annotations
@@ -38,14 +51,25 @@ from __future__ import annotations
 from numbers import Real
 from typing import Protocol, runtime_checkable
 
+import torch
+import torch.nn.functional as F
 from sklearn.base import BaseEstimator, clone
 from torch import Tensor, nn
 
 from con2._compat import Interval
+from con2.contexts import Rotate90, Rotate180, Rotate270
 from con2.losses import supcon_loss
 from con2.networks import ProjectionHead
 
-__all__ = ["OBJECTIVES", "Con2Objective", "Objective", "SimCLRObjective", "resolve_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "CSIObjective",
+    "Con2Objective",
+    "FIRMObjective",
+    "Objective",
+    "SimCLRObjective",
+    "resolve_objective",
+]
 
 DEFAULT_TEMPERATURE = 0.2  # Con2Detector's defaults of the settings named objectives take
 DEFAULT_ALPHA_MAX = 1.0
@@ -56,8 +80,9 @@ class Objective(Protocol):
     """What the encoder is trained to do: heads on the backbone and a loss of their outputs.
 
     ``uses_contexts`` (optional class attribute, default True) says whether the loss
-    looks at context labels; an objective that does not is refused with a context
-    augmentation, which would only double the views.
+    accepts the detector's context augmentations; an objective that does not is refused
+    with one. ``transforms`` (optional, default ``()``) are the objective's own context
+    augmentations, appended to the detector's (the labels after theirs).
     """
 
     def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
@@ -203,7 +228,159 @@ class SimCLRObjective(BaseEstimator):
         return self.terms(projections, contexts, instances, anchors)["content"]
 
 
-OBJECTIVES: dict[str, type] = {"con2": Con2Objective, "simclr": SimCLRObjective}
+ROTATIONS = (Rotate90(), Rotate180(), Rotate270())
+
+
+def _full_precision(t: Tensor) -> Tensor:
+    """Half-precision projections (under autocast) in float32; others as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class CSIObjective(BaseEstimator):
+    """Contrasting shifted instances (CSI): rotations are other instances; a head names them.
+
+    Each image is seen at four rotations (0, 90, 180 and 270 degrees: the
+    ``transforms``), two views each. The loss is NT-Xent over all views at temperature
+    ``temperature``, the only positive of a view being the same image at the same
+    rotation in the other draw (other rotations of the image are negatives), plus
+    ``rotation_weight`` times the cross-entropy of a linear 4-way rotation head on the
+    backbone features. The projection head returns unnormalised projections (the loss
+    normalises them), because CSI's score weighs cosines by their norm
+    (:class:`con2.scorers.CSIScorer`).
+
+    Departures from the authors' code, for one pipeline: AdamW and our augmentation family
+    instead of LARS and theirs; the two-layer projection head of the other objectives.
+
+    Parameters
+    ----------
+    temperature : float, default=0.5
+        NT-Xent temperature (CSI's value).
+    rotation_weight : float, default=1.0
+        Weight of the rotation cross-entropy (CSI's value).
+
+    References
+    ----------
+    Tack et al., "CSI: Novelty Detection via Contrastive Learning on Distributionally
+    Shifted Instances", NeurIPS 2020. https://arxiv.org/abs/2007.08176
+
+    Examples
+    --------
+    >>> import torch
+    >>> objective = CSIObjective()
+    >>> heads = objective.heads(16, 3)
+    >>> contexts = torch.arange(4).repeat_interleave(2).repeat(2)  # 2 images, 4 rotations
+    >>> instances = torch.arange(2).repeat(8)
+    >>> h = torch.randn(16, 16)
+    >>> sorted(objective.terms({k: m(h) for k, m in heads.items()}, contexts, instances))
+    ['contrastive', 'rotation']
+    """
+
+    uses_contexts = False
+    transforms = ROTATIONS
+
+    _parameter_constraints: dict = {
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "rotation_weight": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, *, temperature=0.5, rotation_weight=1.0):
+        self.temperature = temperature
+        self.rotation_weight = rotation_weight
+
+    def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
+        """Build an unnormalised projection head (``"content"``) and a linear rotation head."""
+        self._validate_params()
+        return {"content": ProjectionHead(embed_dim, normalize=False),
+                "rotation": nn.Linear(embed_dim, n_contexts + 1)}  # fmt: skip
+
+    def terms(self, projections, contexts, instances, anchors=None) -> dict[str, Tensor]:
+        """Return ``"contrastive"`` (NT-Xent) and ``"rotation"`` (cross-entropy)."""
+        z = F.normalize(_full_precision(projections["content"]), dim=1)
+        # one label per (image, rotation): below n_views, as supcon_loss needs
+        pairs = instances * (len(self.transforms) + 1) + contexts
+        anchors_ = anchors if anchors is not None else slice(0, len(z))
+        logits = _full_precision(projections["rotation"][anchors_])
+        rotation = F.cross_entropy(logits, contexts[anchors_], reduction="sum") / len(z)
+        return {"contrastive": supcon_loss(z, pairs, self.temperature, anchors),
+                "rotation": rotation}  # fmt: skip
+
+    def loss(self, projections, contexts, instances, progress, anchors=None) -> Tensor:
+        """``NT-Xent + rotation_weight * cross-entropy``; ``progress`` unused."""
+        terms = self.terms(projections, contexts, instances, anchors)
+        return terms["contrastive"] + self.rotation_weight * terms["rotation"]
+
+
+class FIRMObjective(BaseEstimator):
+    """FIRM: normal views are all positives of each other; rotated copies are outliers.
+
+    Each image is seen as itself and at three rotations (90, 180 and 270 degrees, the
+    ``transforms``: synthetic outliers, three quarters of the views), two views each. A
+    supervised contrastive loss at temperature ``temperature`` on the projections: every
+    view of a normal (unrotated) image has all other normal views as positives, every
+    rotated view only its own other draw; every other view is in the denominator.
+
+    Departures from the authors' code, for one pipeline: this is their concatenated
+    layout (``FIRMLossv2``: all views contrast with all), while their paper's runs use a
+    pairwise layout of the first draw against the second; AdamW and our augmentation
+    family; our two-layer projection head (theirs has eight layers with batch norm).
+    Their published results pick, per class, the checkpoint with the best test AUROC and
+    train 2000 epochs; ours are one fit scored once.
+
+    Parameters
+    ----------
+    temperature : float, default=0.2
+        Softmax temperature (FIRM's value).
+
+    References
+    ----------
+    Lima et al., "Learning In-Distribution Representations for Anomaly Detection", 2025.
+    https://arxiv.org/abs/2501.05130
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> contexts = torch.arange(4).repeat_interleave(2).repeat(2)  # 2 images, 4 rotations
+    >>> instances = torch.arange(2).repeat(8)
+    >>> z = F.normalize(torch.randn(16, 8), dim=1)
+    >>> FIRMObjective().loss({"content": z}, contexts, instances, 0.0).shape
+    torch.Size([])
+    """
+
+    uses_contexts = False
+    transforms = ROTATIONS
+
+    _parameter_constraints: dict = {
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, *, temperature=0.2):
+        self.temperature = temperature
+
+    def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
+        """One projection head, ``"content"``."""
+        self._validate_params()
+        return {"content": ProjectionHead(embed_dim)}
+
+    def terms(self, projections, contexts, instances, anchors=None) -> dict[str, Tensor]:
+        """Return the one term, ``"content"``."""
+        z = projections["content"]
+        n_images = len(z) // (2 * (len(self.transforms) + 1))
+        # normal views share label 0; a rotated view's label is its (rotation, image)
+        labels = torch.where(contexts == 0, 0, contexts * n_images + instances)
+        return {"content": supcon_loss(z, labels, self.temperature, anchors)}
+
+    def loss(self, projections, contexts, instances, progress, anchors=None) -> Tensor:
+        """Return the supervised contrastive loss above; ``progress`` is unused."""
+        return self.terms(projections, contexts, instances, anchors)["content"]
+
+
+OBJECTIVES: dict[str, type] = {
+    "con2": Con2Objective,
+    "simclr": SimCLRObjective,
+    "csi": CSIObjective,
+    "firm": FIRMObjective,
+}
 
 
 def resolve_objective(objective, temperature=DEFAULT_TEMPERATURE,
@@ -242,11 +419,15 @@ def resolve_objective(objective, temperature=DEFAULT_TEMPERATURE,
     )
 
 
-def check_contexts(objective, contexts: tuple) -> None:
-    """Refuse context augmentations for an objective that ignores context labels."""
+def objective_contexts(objective, contexts: tuple) -> tuple:
+    """Return every context of a fit: the detector's, then the objective's ``transforms``.
+
+    Refuses the detector's context augmentations for an objective without a context
+    term (they would only multiply the views).
+    """
     if contexts and not getattr(objective, "uses_contexts", True):
         raise ValueError(
-            f"The objective {objective!r} does not use context labels, so a context "
-            "augmentation would only double the views; pass context=None (or use "
-            "objective='con2')."
+            f"The objective {objective!r} has no context term, so a context augmentation "
+            "would only multiply the views; pass context=None (or use objective='con2')."
         )
+    return (*contexts, *getattr(objective, "transforms", ()))

@@ -22,6 +22,7 @@ from numbers import Integral, Real
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from sklearn import get_config
 from sklearn.base import BaseEstimator
 from torch import Tensor, nn
@@ -30,6 +31,8 @@ from con2._compat import Interval, StrOptions
 
 __all__ = [
     "SCORERS",
+    "CSIHead",
+    "CSIScorer",
     "GaussianHead",
     "GaussianScorer",
     "NearestNeighborHead",
@@ -48,6 +51,9 @@ class Scorer(Protocol):
     be compared with itself. ``memory_bank`` (optional, default False) says that the
     scorer keeps the training embeddings themselves (its state grows with the data);
     otherwise the detector may hand ``fit`` embeddings that live in a temporary file.
+    ``heads`` (optional, default None) names the objective's heads whose outputs, side by
+    side and unnormalised, the scorer takes instead of the L2-normalised backbone
+    features (:class:`CSIScorer`: the projection and the rotation logits).
     """
 
     def fit(self, embeddings: Tensor) -> Scorer:
@@ -66,10 +72,14 @@ class NearestNeighborScorer(BaseEstimator):
 
     Keeps a memory bank of all training embeddings, one per view: memory grows as
     ``n_views * n_samples * embed_dim``. The search is exact, by matrix products over
-    chunks of the bank, a chunk of queries at a time sized to ``working_memory``.
+    chunks of the bank, a chunk of queries at a time sized to ``working_memory``. With
+    ``n_neighbors=k`` a view's score is the mean cosine similarity to its ``k`` nearest
+    training embeddings (FIRM scores with ``k=5``).
 
     Parameters
     ----------
+    n_neighbors : int, default=1
+        Nearest training embeddings whose similarities are averaged.
     bank_dtype : {"float32", "float16"}, default="float32"
         Storage type of the memory bank; float16 halves its memory.
     working_memory : int, default=None
@@ -95,11 +105,13 @@ class NearestNeighborScorer(BaseEstimator):
     memory_bank = True  # keeps every training embedding
 
     _parameter_constraints: dict = {
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
         "bank_dtype": [StrOptions({"float32", "float16"})],
         "working_memory": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, *, bank_dtype="float32", working_memory=None):
+    def __init__(self, *, n_neighbors=1, bank_dtype="float32", working_memory=None):
+        self.n_neighbors = n_neighbors
         self.bank_dtype = bank_dtype
         self.working_memory = working_memory
 
@@ -107,6 +119,11 @@ class NearestNeighborScorer(BaseEstimator):
         """Store the training embeddings, shape (n_views, n_samples, embed_dim)."""
         self._validate_params()
         _check_embeddings(embeddings)
+        if embeddings.shape[1] < self.n_neighbors + 1:
+            raise ValueError(
+                f"n_neighbors={self.n_neighbors} needs more than {self.n_neighbors} training "
+                f"images (one is left out of its own score); got {embeddings.shape[1]}."
+            )
         self.bank_ = embeddings.to(getattr(torch, self.bank_dtype)).contiguous()
         return self
 
@@ -139,11 +156,11 @@ class NearestNeighborScorer(BaseEstimator):
 
     def head(self) -> NearestNeighborHead:
         """Return the scoring function as a module without loops over queries (exportable)."""
-        return NearestNeighborHead(self.bank_)
+        return NearestNeighborHead(self.bank_, n_neighbors=self.n_neighbors)
 
 
 class NearestNeighborHead(nn.Module):
-    """Mean over views of the maximum cosine similarity to the bank of that view.
+    """Mean over views of the mean cosine similarity to the nearest bank rows of that view.
 
     Loops only over the views and over fixed chunks of ``chunk_rows`` bank rows, never over
     queries, so the same code scores in Python (the caller chunks the queries) and exports
@@ -157,12 +174,15 @@ class NearestNeighborHead(nn.Module):
         Shared, not copied.
     chunk_rows : int, default=4096
         Bank rows per matrix product.
+    n_neighbors : int, default=1
+        Nearest bank rows averaged.
     """
 
-    def __init__(self, bank: Tensor, chunk_rows: int = 4096):
+    def __init__(self, bank: Tensor, chunk_rows: int = 4096, n_neighbors: int = 1):
         super().__init__()
         self.register_buffer("bank", bank, persistent=False)
         self.chunk_rows = chunk_rows
+        self.n_neighbors = n_neighbors
 
     def forward(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
         """Scores (n_queries,), float64, of embeddings (n_views, n_queries, embed_dim).
@@ -179,10 +199,19 @@ class NearestNeighborHead(nn.Module):
                 sims = queries @ chunk.T  # (n_queries, chunk_rows)
                 if exclude is not None:
                     _mask_excluded(sims, exclude, start, start + chunk.shape[0])
-                nearest = sims.amax(dim=1)
-                best = nearest if best is None else torch.maximum(best, nearest)
-            total = best if total is None else total + best
+                best = _nearest(sims, best, self.n_neighbors)
+            score = best if self.n_neighbors == 1 else best.mean(dim=1)
+            total = score if total is None else total + score
         return total / n_views
+
+
+def _nearest(sims: Tensor, best: Tensor | None, k: int) -> Tensor:
+    """Merge a chunk's similarities into the best so far: the maximum, or the top ``k``."""
+    if k == 1:
+        nearest = sims.amax(dim=1)
+        return nearest if best is None else torch.maximum(best, nearest)
+    candidates = sims if best is None else torch.cat([best, sims], dim=1)
+    return candidates.topk(min(k, candidates.shape[1]), dim=1).values
 
 
 class GaussianScorer(BaseEstimator):
@@ -428,7 +457,138 @@ def _ledoit_wolf_shrinkage(emp_cov: Tensor, mu: Tensor, fourth: Tensor, n_sample
     return beta / delta if delta > 0 else torch.ones_like(delta)
 
 
-SCORERS = {"nnd": NearestNeighborScorer, "lh": GaussianScorer}
+class CSIScorer(BaseEstimator):
+    """CSI's score: norm-weighted nearest cosine plus the rotation head's confidence.
+
+    For a model trained with :class:`con2.objectives.CSIObjective`, whose test-time
+    views are split evenly over the ``n_shifts`` rotations in order. For each rotation
+    ``k``, with ``f`` the unnormalised projection and ``g`` the rotation logits of an
+    image, each averaged over the views of rotation ``k``: ``max_n <f, axis_k[n]> /
+    mean_n ||f_n||`` (the cosine to the nearest training projection, weighted by the
+    query's norm, over the training set's mean norm) plus ``g[k] / mean_n g_n[k]`` (the
+    logit of the right rotation over its training mean); the score is the mean over ``k``.
+    Higher = more normal, as CSI's own score. A training image is scored without itself.
+
+    Parameters
+    ----------
+    n_shifts : int, default=4
+        Rotations (0, 90, 180, 270 degrees), the last ``n_shifts`` feature columns.
+
+    Attributes
+    ----------
+    axis_ : Tensor of shape (n_shifts, n_samples, proj_dim)
+        Normalised training projections per rotation (views averaged).
+    weight_sim_ : Tensor of shape (n_shifts,), float64
+        One over the mean norm of the training projections of each rotation.
+    weight_shift_ : Tensor of shape (n_shifts,), float64
+        One over the mean training logit of each rotation for itself.
+
+    References
+    ----------
+    Tack et al., "CSI: Novelty Detection via Contrastive Learning on Distributionally
+    Shifted Instances", NeurIPS 2020, section 3.2. https://arxiv.org/abs/2007.08176
+    """
+
+    heads = ("content", "rotation")  # features: the projection, then the rotation logits
+    leave_one_out = True
+    memory_bank = True
+
+    _parameter_constraints: dict = {"n_shifts": [Interval(Integral, 2, None, closed="left")]}
+
+    def __init__(self, *, n_shifts=4):
+        self.n_shifts = n_shifts
+
+    def fit(self, embeddings: Tensor) -> CSIScorer:
+        """Fit on features (n_views, n_samples, proj_dim + n_shifts) of the training images."""
+        self._validate_params()
+        _check_embeddings(embeddings)
+        projections, own = _per_shift(embeddings, self.n_shifts)
+        self.axis_ = F.normalize(projections, dim=2).float()
+        self.weight_sim_ = 1.0 / projections.norm(dim=2).mean(dim=1)
+        self.weight_shift_ = 1.0 / own.mean(dim=1)
+        return self
+
+    def score_samples(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """Return CSI's score of each image, float64, shape (n_samples,).
+
+        ``exclude`` as for :class:`NearestNeighborScorer`; queries in chunks sized to
+        scikit-learn's ``working_memory``.
+        """
+        _check_embeddings(embeddings)
+        head = self.head()
+        rows = max(1, _budget(None) // (head.chunk_rows + embeddings.shape[2]))
+        if exclude is not None:
+            exclude = exclude.to(embeddings.device)
+        parts = [head(embeddings[:, q0 : q0 + rows],
+                      None if exclude is None else exclude[q0 : q0 + rows])
+                 for q0 in range(0, embeddings.shape[1], rows)]  # fmt: skip
+        return torch.cat(parts)
+
+    def head(self) -> CSIHead:
+        """Return the scoring function as a module without loops over queries (exportable)."""
+        return CSIHead(self.axis_, self.weight_sim_, self.weight_shift_)
+
+
+class CSIHead(nn.Module):
+    """CSI's score of features (n_views, n_queries, proj_dim + n_shifts), float64.
+
+    Loops over rotations and fixed chunks of bank rows only, never over queries.
+
+    Parameters
+    ----------
+    axis : Tensor of shape (n_shifts, n_bank, proj_dim)
+    weight_sim, weight_shift : Tensor of shape (n_shifts,), float64
+    chunk_rows : int, default=4096
+        Bank rows per matrix product.
+    """
+
+    def __init__(self, axis: Tensor, weight_sim: Tensor, weight_shift: Tensor,
+                 chunk_rows: int = 4096):  # fmt: skip
+        super().__init__()
+        self.register_buffer("axis", axis, persistent=False)
+        self.register_buffer("weight_sim", weight_sim, persistent=False)
+        self.register_buffer("weight_shift", weight_shift, persistent=False)
+        self.chunk_rows = chunk_rows
+
+    def forward(self, embeddings: Tensor, exclude: Tensor | None = None) -> Tensor:
+        """Scores (n_queries,); ``exclude[q]`` names a bank row query ``q`` may not match."""
+        n_shifts, n_bank = self.axis.shape[:2]
+        projections, own = _per_shift(embeddings, n_shifts)
+        total = None
+        for k in range(n_shifts):
+            best = None
+            for start in range(0, n_bank, self.chunk_rows):
+                chunk = self.axis[k, start : start + self.chunk_rows].to(projections)
+                sims = projections[k] @ chunk.T  # norm x cosine, (n_queries, chunk_rows)
+                if exclude is not None:
+                    _mask_excluded(sims, exclude, start, start + chunk.shape[0])
+                best = _nearest(sims, best, 1)
+            score = best * self.weight_sim[k] + own[k] * self.weight_shift[k]
+            total = score if total is None else total + score
+        return total / n_shifts
+
+
+def _per_shift(embeddings: Tensor, n_shifts: int) -> tuple[Tensor, Tensor]:
+    """Projections (n_shifts, n, proj_dim) and own-rotation logits (n_shifts, n), float64.
+
+    Views are split evenly over the rotations in order (as the detector draws them):
+    view ``a`` of ``n_views`` has rotation ``a * n_shifts // n_views``; each rotation's
+    features are averaged over its views (CSI's ensemble).
+    """
+    n_views = embeddings.shape[0]
+    if n_views < n_shifts:
+        raise ValueError(
+            f"CSI's score needs at least one test-time view per rotation; got {n_views} "
+            f"views for {n_shifts} rotations."
+        )
+    bounds = [-(-k * n_views // n_shifts) for k in range(n_shifts + 1)]  # ceil(k A / K)
+    means = torch.stack([embeddings[bounds[k] : bounds[k + 1]].double().mean(dim=0)
+                         for k in range(n_shifts)])  # fmt: skip
+    own = torch.stack([means[k, :, means.shape[2] - n_shifts + k] for k in range(n_shifts)])
+    return means[:, :, : means.shape[2] - n_shifts], own
+
+
+SCORERS = {"nnd": NearestNeighborScorer, "lh": GaussianScorer, "csi": CSIScorer}
 
 
 def resolve_scorer(scorer) -> Scorer:

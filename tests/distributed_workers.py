@@ -18,7 +18,7 @@ from con2._training import make_views, train_step, view_keys, view_labels
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import VerticalFlip
 from con2.networks import Encoder
-from con2.objectives import Con2Objective
+from con2.objectives import OBJECTIVES, Con2Objective, objective_contexts
 
 
 def free_port() -> int:
@@ -48,9 +48,16 @@ def no_batchnorm(image_shape):
     return NoBatchNorm(image_shape)
 
 
-def tiny_encoder():
-    """The Con2 heads on a network without batch normalisation, for 8x8 grayscale images."""
-    return Encoder(NoBatchNorm((1, 8, 8)), Con2Objective().heads(8, 1))
+def tiny_encoder(objective="con2"):
+    """An objective's heads on a network without batch norm, for 8x8 grayscale images."""
+    objective = OBJECTIVES[objective]()
+    return Encoder(NoBatchNorm((1, 8, 8)), objective.heads(8, len(contexts_of(objective))))
+
+
+def contexts_of(objective):
+    """The contexts of a step: vflip for objectives that take one, then the objective's."""
+    mine = (VerticalFlip(),) if getattr(objective, "uses_contexts", True) else ()
+    return objective_contexts(objective, mine)
 
 
 def tiny_batch(n_images=6, seed=0):
@@ -60,22 +67,24 @@ def tiny_batch(n_images=6, seed=0):
     return (ramp + 0.3 * torch.rand(n_images, 1, 8, 8, generator=generator)).clamp(0, 1)
 
 
-def step_gradients(encoder, x, indices, group=None):
+def step_gradients(encoder, x, indices, group=None, objective="con2"):
     """Gradients of one training step of ``encoder`` on this rank's part of a batch.
 
     Builds views and labels exactly as ``train_epoch`` does and calls ``train_step``
     with an optimizer that does not move the weights, so the gradients stay readable.
     """
-    group = group or Group()
+    group, objective = group or Group(), OBJECTIVES[objective]()
+    contexts = contexts_of(objective)
+    n_contexts = len(contexts) + 1
     bounds = group.bounds(len(indices))
     start, stop = bounds[group.rank]
-    keys = view_keys(0, 0, indices[start:stop], 2)
-    views = make_views(x[start:stop], (VerticalFlip(),), SimCLRAugment(), KeyedRandom(keys))[0]
-    labels = [torch.cat(parts) for parts in zip(*(view_labels(b - a, 2, a, x.device)
+    keys = view_keys(0, 0, indices[start:stop], n_contexts)
+    views = make_views(x[start:stop], contexts, SimCLRAugment(), KeyedRandom(keys))[0]
+    labels = [torch.cat(parts) for parts in zip(*(view_labels(b - a, n_contexts, a, x.device)
                                                   for a, b in bounds), strict=True)]  # fmt: skip
-    sizes = [4 * (b - a) for a, b in bounds]
+    sizes = [2 * n_contexts * (b - a) for a, b in bounds]
     optimizer = torch.optim.SGD(encoder.parameters(), lr=0.0)
-    train_step(encoder, Con2Objective(), optimizer, (views, *labels), 0.7, group, sizes)
+    train_step(encoder, objective, optimizer, (views, *labels), 0.7, group, sizes)
     module = encoder.module if isinstance(encoder, DistributedDataParallel) else encoder
     return {name: p.grad.clone() for name, p in module.named_parameters()}
 
@@ -93,15 +102,15 @@ class PlainGatherGroup(Group):
         return torch.cat(parts)
 
 
-def gradient_worker(rank, world, port, folder, control):
+def gradient_worker(rank, world, port, folder, control, objective="con2"):
     """One rank's DDP gradients for its shard of the same global batch."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)  # fmt: skip
     try:
         torch.manual_seed(0)
-        encoder = DistributedDataParallel(tiny_encoder())
+        encoder = DistributedDataParallel(tiny_encoder(objective))
         group = (PlainGatherGroup if control else Group)(rank, world)
-        grads = step_gradients(encoder, tiny_batch(), torch.arange(6), group)
+        grads = step_gradients(encoder, tiny_batch(), torch.arange(6), group, objective)
         torch.save(grads, Path(folder) / f"grads{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -33,16 +33,18 @@ def spawn(function, *args, world=2):
     mp.spawn(function, args=(world, free_port(), *args), nprocs=world, join=True)
 
 
-def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path):
+@pytest.mark.parametrize("objective", ["con2", "csi", "firm"])
+def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path, objective):
     torch.manual_seed(0)
-    single = step_gradients(tiny_encoder(), tiny_batch(), torch.arange(6))
-    spawn(gradient_worker, str(tmp_path), False)
+    single = step_gradients(tiny_encoder(objective), tiny_batch(), torch.arange(6),
+                            objective=objective)  # fmt: skip
+    spawn(gradient_worker, str(tmp_path), False, objective)
     for rank in (0, 1):  # different data on each rank, the same averaged gradient
         grads = torch.load(tmp_path / f"grads{rank}.pt")
         for name, expected in single.items():
             torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-7)
     # Negative control: the same loss with a plain gather, no gradient to other ranks
-    spawn(gradient_worker, str(tmp_path), True)
+    spawn(gradient_worker, str(tmp_path), True, objective)
     control = torch.load(tmp_path / "grads0.pt")
     worst = max(float((control[k] - v).abs().max() / v.abs().max()) for k, v in single.items())
     assert worst > 1e-2

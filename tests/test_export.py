@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_detector
 from sklearn.exceptions import NotFittedError
 
-from con2 import Con2Detector
+from con2 import Con2Detector, NearestNeighborScorer
 from con2.export import read_metadata, scoring_module
 
 ort = pytest.importorskip("onnxruntime")
@@ -39,6 +39,23 @@ def test_onnx_runtime_matches_score_samples_and_predict(digits, tmp_path, contex
                                    atol=1e-4 * np.abs(det.offset_))  # fmt: skip
         np.testing.assert_array_equal(label, det.predict(new[:batch]))
     assert set(det.predict(new)) == {-1, 1}
+
+
+@pytest.mark.filterwarnings("ignore:Context check failed")  # rotations of 8x8 zeros
+@pytest.mark.parametrize(
+    ("objective", "scorer"),
+    [("csi", "csi"), ("firm", NearestNeighborScorer(n_neighbors=5)), ("simclr", "lh")],
+)
+def test_every_objective_exports_with_its_rotations_and_its_score(digits, tmp_path, objective,
+                                                                  scorer):  # fmt: skip
+    train, new = digits[0], np.concatenate([digits[1][:5], digits[1][-4:]])
+    det = tiny_detector(objective=objective, context=None, scorer=scorer,
+                        n_test_augmentations=8).fit(train)  # fmt: skip
+    path = tmp_path / "model.onnx"
+    det.export(path)
+    score, _, label = onnx_outputs(path, new[:, None])
+    np.testing.assert_allclose(score, det.score_samples(new), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(label, det.predict(new))
 
 
 def test_the_scoring_module_is_the_eager_scoring_path(digits):

@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "_compat": 0, "_utils": 0, "_version": 0, "_calibration": 0, "_distributed": 0,
     "augment": 0, "io": 0, "losses": 0, "networks": 0, "datasets": 0,
-    "_input": 1, "objectives": 1, "scorers": 1,
+    "_input": 1, "scorers": 1,
     "contexts": 2,
-    "_embedding": 3,
+    "_embedding": 3, "objectives": 3,
     "_training": 4, "_persistence": 4,
     "_engine": 5, "export": 5,
     "_detector": 6, "plotting": 6,

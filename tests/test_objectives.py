@@ -3,13 +3,23 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import InvalidParameterError
 
-from con2 import Con2Detector, Con2Objective, SimCLRObjective
-from con2.objectives import OBJECTIVES, resolve_objective
+from con2 import (
+    Con2Detector,
+    Con2Objective,
+    CSIObjective,
+    FIRMObjective,
+    NearestNeighborScorer,
+    SimCLRObjective,
+)
+from con2.contexts import VerticalFlip
+from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 
 
 def paper_l(z, i, j, tau):
@@ -134,15 +144,15 @@ def test_names_take_the_detector_settings_and_objects_carry_their_own():
     assert resolved is not given and resolved.get_params() == given.get_params()
     with pytest.raises(ValueError, match=r"temperature=0.5 configures objectives given by name"):
         resolve_objective(given, 0.5)
-    with pytest.raises(ValueError, match=r"Unknown objective 'csi'.*\['con2', 'simclr'\]"):
-        resolve_objective("csi")
+    with pytest.raises(ValueError, match=r"Unknown objective 'byol'.*\['con2', 'csi'"):
+        resolve_objective("byol")
     with pytest.raises(TypeError, match="objective must be"):
         resolve_objective(object())
 
 
 def test_simclr_with_a_context_is_refused_before_any_image_is_read(tiny):
     det = Con2Detector(**{**tiny, "objective": "simclr", "context": "vflip"})
-    with pytest.raises(ValueError, match=r"does not use context labels.*context=None"):
+    with pytest.raises(ValueError, match=r"has no context term.*context=None"):
         det.fit("no/such/folder")  # the folder is never looked at
 
 
@@ -158,7 +168,8 @@ def test_simclr_is_con2_without_a_context(digits, tiny, one_thread):
 def test_every_registered_objective_trains_a_tiny_encoder_step():
     for name, cls in OBJECTIVES.items():
         objective = cls()
-        n_contexts = 1 if getattr(objective, "uses_contexts", True) else 0
+        mine = (VerticalFlip(),) if getattr(objective, "uses_contexts", True) else ()
+        n_contexts = len(objective_contexts(objective, mine))
         heads = objective.heads(8, n_contexts)
         contexts, instances = labels(2, n_contexts + 1)
         h = torch.randn(len(contexts), 8)
@@ -167,3 +178,84 @@ def test_every_registered_objective_trains_a_tiny_encoder_step():
         loss.backward()
         assert loss.shape == () and torch.isfinite(loss), name
         assert all(p.grad is not None for head in heads.values() for p in head.parameters())
+
+
+def loop_supcon(z, positive, tau):
+    """Mean over anchors i of the mean over positives j of l(i, j): plain loops in float64."""
+    total = 0.0
+    for i in range(len(z)):
+        partners = [j for j in range(len(z)) if j != i and positive(i, j)]
+        total += sum(paper_l(z, i, j, tau) for j in partners) / len(partners)
+    return total / len(z)
+
+
+def loop_cross_entropy(logits, targets):
+    """Mean over rows of -log softmax(logits)[target], written out."""
+    total = 0.0
+    for row, target in zip(logits.tolist(), targets.tolist(), strict=True):
+        total += -row[target] + math.log(sum(math.exp(v) for v in row))
+    return total / len(logits)
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_csi_loss_matches_a_float64_loop_reference(n_images, tau):
+    contexts, instances = labels(n_images, 4)  # 4 rotations, 2 draws
+    raw = unit_rows(len(contexts), seed=n_images) * 3.0  # unnormalised projections
+    logits = unit_rows(len(contexts), dim=4, seed=n_images + 50) * 2.0
+    objective = CSIObjective(temperature=tau, rotation_weight=0.7)
+    got = objective.loss({"content": raw, "rotation": logits}, contexts, instances, 0.3)
+    z = F.normalize(raw, dim=1)
+
+    def same_image_same_rotation(i, j):
+        return instances[i] == instances[j] and contexts[i] == contexts[j]
+
+    expected = loop_supcon(z, same_image_same_rotation, tau)
+    expected += 0.7 * loop_cross_entropy(logits, contexts)
+    assert float(got) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+@pytest.mark.parametrize("tau", [0.2, 0.7])
+def test_firm_loss_matches_a_float64_loop_reference(n_images, tau):
+    contexts, instances = labels(n_images, 4)
+    z = unit_rows(len(contexts), seed=n_images + 7)
+    got = FIRMObjective(temperature=tau).loss({"content": z}, contexts, instances, 0.0)
+
+    def firm_positive(i, j):
+        if contexts[i] == 0:  # a normal view: every other normal view
+            return contexts[j] == 0
+        return contexts[j] == contexts[i] and instances[j] == instances[i]  # its other draw
+
+    assert float(got) == pytest.approx(loop_supcon(z, firm_positive, tau), rel=1e-10)
+
+
+@pytest.mark.parametrize("objective", [Con2Objective(), CSIObjective(), FIRMObjective()])
+def test_anchor_shards_add_up_to_the_whole_loss(objective):
+    """What several processes compute (each its anchors against all views) sums to one."""
+    n_contexts = 2 if isinstance(objective, Con2Objective) else 4
+    contexts, instances = labels(3, n_contexts)
+    heads = objective.heads(8, n_contexts - 1)
+    torch.manual_seed(0)
+    h = torch.randn(len(contexts), 8, dtype=torch.float64)
+    projections = {k: head.double()(h) for k, head in heads.items()}
+    whole = objective.loss(projections, contexts, instances, 0.4)
+    cut = len(contexts) // 3
+    shards = [objective.loss(projections, contexts, instances, 0.4, anchors=part)
+              for part in (slice(0, cut), slice(cut, len(contexts)))]  # fmt: skip
+    assert float(sum(shards)) == pytest.approx(float(whole), rel=1e-12)
+
+
+def test_csi_and_firm_train_on_rotations_and_refuse_a_context(digits, tiny):
+    params = {**tiny, "context": None, "n_test_augmentations": 8, "random_state": 0}
+    csi = Con2Detector(**params, objective="csi", scorer="csi").fit(digits[0])
+    assert [type(c).__name__ for c in csi.contexts_] == ["Rotate90", "Rotate180", "Rotate270"]
+    assert csi.views_.view_contexts.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert np.isfinite(csi.score_samples(digits[1])).all()
+    firm = Con2Detector(**params, objective="firm", scorer=NearestNeighborScorer(n_neighbors=5))
+    firm.fit(digits[0])
+    assert roc_auc_score(digits[2], firm.score_samples(digits[1])) > 0.8
+    with pytest.raises(ValueError, match=r"has no context term.*context=None"):
+        Con2Detector(**{**params, "context": "vflip"}, objective="csi").fit("never/read")
+    with pytest.raises(ValueError, match=r"scores the heads \('content', 'rotation'\)"):
+        Con2Detector(**params, scorer="csi").fit("never/read")  # con2 has no rotation head

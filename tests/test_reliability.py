@@ -54,10 +54,10 @@ def test_cuda_out_of_memory_while_scoring_retries_with_smaller_chunks(digits, mo
     expected = det.score_samples(digits[1])
     original = engine_module.embed_views
 
-    def tight_memory(encoder, images, views, forward_size, device):
+    def tight_memory(encoder, images, views, forward_size, device, **kwargs):
         if len(images) > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(encoder, images, views, forward_size, device)
+        return original(encoder, images, views, forward_size, device, **kwargs)
 
     monkeypatch.setattr(engine_module, "embed_views", tight_memory)
     with pytest.warns(UserWarning, match="ran out of memory"):
