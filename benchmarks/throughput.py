@@ -445,6 +445,8 @@ def precision_table(threads=(1, 2), rounds: int = 3, n_steps: int = 2, epochs: i
         if row is None:
             case["skip"] = ["float32 channels-last"]
             row = _run_case(case)
+            if row is None:
+                raise RuntimeError(f"the case {case} died also without float32 channels-last")
             row["crashed"] = case["skip"]
         rows[f"w{width} {image} {count}t"] = row
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
@@ -505,8 +507,9 @@ def precision_text(r) -> str:
         base, fit = f["float32 contiguous"], fits["float32"]
         lines.append(
             f"| {row['width']} | {row['image']} ({row['batch']}) | {row['threads']} | "
-            + " | ".join(f"{base / f[k]:.2f}x" for k in ("float32 channels-last",
-                         "bfloat16 contiguous", "bfloat16 channels-last"))
+            + " | ".join(f"{base / f[k]:.2f}x" if k in f else "crashes" for k in (
+                         "float32 channels-last", "bfloat16 contiguous",
+                         "bfloat16 channels-last"))
             + " | "
             + " | ".join(f"{fit / fits[k]:.2f}x" for k in ("bfloat16", "float32, compile",
                          "bfloat16, compile"))
