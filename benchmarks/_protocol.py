@@ -11,8 +11,10 @@ and the share of normal images a threshold rule flags.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,13 +37,17 @@ PRESETS = {
     # at equal compute, batches of 64 beat 128 and 256 on every class studied, width 16
     # and a second context did not pay, and 16 test-time views score within 0.6 points
     # of 40. 65 epochs of batch 64 are 20 minutes of training per class on 2 CPU threads
-    # (oneclass.epochs_for("cpu-frontier", 20), priced by results/cost-cpu-frontier.json).
+    # (epochs_for("cpu-frontier", 20), priced by results/cost-cpu-frontier.json).
     "cpu-frontier": dict(base_width=8, n_epochs=65, batch_size=64, n_test_augmentations=16),
     # The paper's budget [appendix E]: ResNet18, 2048 epochs, batch 512, A = 40.
     "gpu": dict(base_width=64, n_epochs=2048, batch_size=512, n_test_augmentations=40),
 }
 # Training images per class of each preset: a fixed random subset, or None for all.
 PRESET_N_TRAIN = {"cpu": 2000, "cpu-6000": None, "cpu-frontier": None, "gpu": None}
+# The row of results/cost-cpu-frontier.json that prices one epoch of a preset, for
+# budgets in minutes (a training budget per class on 2 CPU threads instead of epochs).
+PRESET_COST_ROW = {"cpu-6000": "w8", "cpu-frontier": "w8 b64"}
+RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = {
     "IsolationForest": lambda seed: IsolationForest(random_state=seed),
     "OneClassSVM": lambda seed: OneClassSVM(gamma="scale", nu=0.1),
@@ -52,6 +58,25 @@ HELD_OUT_SETTINGS = dict(base_width=8, n_epochs=8, batch_size=256, n_test_augmen
                          scorer="lh", random_state=0)  # fmt: skip
 HELD_OUT_CONTEXTS = ("vflip", "invert")
 NOMINAL_RATES = (0.01, 0.05, 0.1)
+
+
+def epochs_for(preset: str, minutes: float, costs: Path | None = None,
+               precision: str = "float32") -> int:  # fmt: skip
+    """Epochs of all 6000 images of a class that ``minutes`` of 2 CPU threads buy.
+
+    Priced by the measured seconds per epoch of the preset's row in
+    ``results/cost-cpu-frontier.json`` (``cost.py --group frontier``). A bfloat16 epoch
+    costs that times the ratio of bfloat16 to float32 measured side by side in
+    ``results/cost-cpu-precision.json`` (``cost.py --group precision``).
+    """
+    results = costs or RESULTS / "cost-cpu-frontier.json"
+    row = PRESET_COST_ROW[preset]
+    per_epoch = json.loads(results.read_text())["rows"][row]["seconds_per_epoch_6000"]
+    if precision == "bfloat16":
+        pair = json.loads((results.parent / "cost-cpu-precision.json").read_text())["rows"]
+        ratio = pair[f"{row} bf16"]["seconds_per_epoch_6000"]
+        per_epoch *= ratio / pair[row]["seconds_per_epoch_6000"]
+    return max(1, round(60 * minutes / per_epoch))
 
 
 @functools.lru_cache(maxsize=2)
@@ -101,13 +126,21 @@ def run_baselines(normal, pixels_test, is_normal, seed) -> dict:
     }
 
 
-def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=(), labels=None):
+def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=(), labels=None,
+             own_scorer=None):  # fmt: skip
     """Fit Con2 once and return AUROCs of both scorers and the fit time.
 
     Both scorers see the same encoder and the same test-time views: the fitted ``nnd``
     scorer as ``score_samples`` uses it (training images recognised and left out), and a
     Gaussian scorer fitted on the same training embeddings. One embedding pass of the
     test set serves both (``embed(views="all")``, then the scorers themselves).
+
+    ``settings`` may name an ``objective`` (with ``context=None`` for those without a
+    context term) and a ``precision``; without one a fit trains in float32, the
+    arithmetic of every table made before precision was a parameter (the detector's
+    ``"auto"`` would pick bfloat16 on some CPUs and mix two kinds of fit in one table).
+    ``own_scorer`` (a scorer object: CSI's score, FIRM's 5 nearest neighbours) fits the
+    detector instead of ``nnd``; its AUROC (``score_samples``) is recorded as ``"own"``.
 
     ``settings`` may hold ``image_size``: both image sets are then resized to it first
     (bilinear, antialiased). Each count in ``view_counts`` below the fit's
@@ -116,11 +149,12 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
     class ``labels``, ``per_anomaly`` holds each scorer's AUROC of the normal test images
     against each anomaly class alone (which anomalies a fit misses).
     """
-    settings = dict(settings)
+    settings = {"precision": "float32", **settings}
     size = settings.pop("image_size", None)
     if size is not None:
         X_train, X_test = resize(X_train, size), resize(X_test, size)
-    det = Con2Detector(context=context, scorer="nnd", random_state=seed, **settings)
+    det = Con2Detector(context=context, scorer=own_scorer or "nnd", random_state=seed,
+                       **settings)  # fmt: skip
     fit_seconds = fit_quietly(det, X_train)  # context warnings: check_context reports them
     z_train, z_test = embed(det, X_train), embed(det, X_test)
     exclude = torch.from_numpy(det.find_training_images(X_test))
@@ -146,6 +180,11 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
     steps = det.n_epochs * (len(X_train) // min(det.batch_size, len(X_train)))
     result = {**aurocs(slice(None), calibration=True), "fit_seconds": fit_seconds,
               "n_steps": steps}  # fmt: skip
+    if own_scorer is not None:
+        own = det.score_samples(X_test)
+        result["own"] = roc_auc_score(is_normal, own)
+        if labels is not None:
+            result["per_anomaly"]["own"] = per_anomaly(is_normal, labels, own)
     for count in view_counts:
         if count < len(det.views_):
             result[f"views={count}"] = aurocs(balanced_views(det.views_.view_contexts, count))

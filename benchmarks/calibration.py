@@ -49,7 +49,8 @@ SETTINGS = dict(
 
 
 def fit_and_embed(X_train, others: dict, seed: int, settings: dict):
-    det = Con2Detector(random_state=seed, **settings)
+    # float32 unless the settings say otherwise: the arithmetic of the committed table
+    det = Con2Detector(random_state=seed, **{"precision": "float32", **settings})
     fit_quietly(det, X_train)
     return {"train": embed(det, X_train), **{k: embed(det, X) for k, X in others.items()}}
 
@@ -86,25 +87,33 @@ def run_class(cls, X_class, X_test, is_normal, seed, settings) -> dict:
 
 
 def main(classes: tuple = ALL_CLASSES, seed: int = 0, data: str | None = None,
-         out: str | None = None, write_readme: bool = False) -> dict:  # fmt: skip
-    """Run the classes the results file does not hold yet; return (and save) all of it."""
-    out_path = Path(out) if out else ROOT / "results" / "calibration-cpu.json"
-    results = ResultsFile(out_path, {"settings": SETTINGS, "seed": seed}, rows="dict")
-    results.start_run(command_line("calibration.py", ("--classes", classes), ("--seed", seed)))
+         out: str | None = None, write_readme: bool = False,
+         precision: str = "float32") -> dict:  # fmt: skip
+    """Run the classes the results file does not hold yet; return (and save) all of it.
+
+    ``precision`` other than float32 trains in it, into ``calibration-cpu-<precision>``.
+    """
+    settings = {**SETTINGS, **({"precision": precision} if precision != "float32" else {})}
+    name = "calibration-cpu" + ("" if precision == "float32" else f"-{precision}")
+    out_path = Path(out) if out else ROOT / "results" / f"{name}.json"
+    results = ResultsFile(out_path, {"settings": settings, "seed": seed}, rows="dict")
+    results.start_run(command_line("calibration.py", ("--classes", classes), ("--seed", seed),
+                                   ("--precision", None if precision == "float32" else
+                                    precision)))  # fmt: skip
     for cls in classes:
         if results.has(cls):
             continue
         started = time.perf_counter()
         X_train, y_train, X_test, y_test = fashion_mnist(data)
         is_normal = np.where(y_test == cls, 1, -1)
-        row = run_class(cls, X_train[y_train == cls], X_test, is_normal, seed, SETTINGS)
+        row = run_class(cls, X_train[y_train == cls], X_test, is_normal, seed, settings)
         results.add(cls, None, row)  # one class at a time
         print(f"class {cls}: lh in-sample {row['lh in-sample']['test']}, lh leave-one-out "
               f"{row['lh leave-one-out']['test']} ({time.perf_counter() - started:.0f} s)",
               flush=True)  # fmt: skip
     final = results.finish()
     if write_readme:
-        render_block(ROOT / "README.md", "calibration-cpu", readme_text(final))
+        render_block(ROOT / "README.md", name, readme_text(final))
     return final
 
 
@@ -152,5 +161,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_options(parser, "classes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     add_options(parser, "data", "out", "write-readme")
     main(**parse_options(parser))

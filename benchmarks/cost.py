@@ -47,6 +47,20 @@ GROUPS = {
         "w8 b128 vflip+invert": dict(base_width=8, batch_size=128, context=["vflip", "invert"]),
         "w16 b128": dict(base_width=16, batch_size=128),
     },
+    # The cpu-frontier setting in both precisions, side by side: what a minute of
+    # bfloat16 buys against float32 (oneclass.py --precision bfloat16 --minutes).
+    "precision": {
+        "w8 b64": dict(base_width=8, batch_size=64),
+        "w8 b64 bf16": dict(base_width=8, batch_size=64, precision="bfloat16"),
+    },
+    # One epoch of each objective in the cpu-frontier setting (objectives.py prices equal
+    # minutes per class with it): CSI and FIRM see 8 views per image, Con2 4, SimCLR 2.
+    "objectives": {
+        "con2": dict(base_width=8, batch_size=64),
+        "simclr": dict(base_width=8, batch_size=64, objective="simclr", context=None),
+        "csi": dict(base_width=8, batch_size=64, objective="csi", context=None),
+        "firm": dict(base_width=8, batch_size=64, objective="firm", context=None),
+    },
 }
 SETTINGS = GROUPS["defaults"]
 
@@ -57,7 +71,9 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
     size = settings.pop("image_size", 28)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (n_train, size, size), dtype=np.uint8)
-    det = Con2Detector(random_state=0, device=device, **{**settings, "n_epochs": 1})
+    # float32 unless a setting names a precision: the tables priced here train in float32
+    det = Con2Detector(random_state=0, device=device,
+                       **{"precision": "float32", **settings, "n_epochs": 1})  # fmt: skip
 
     def fit_seconds(epochs):
         det.set_params(n_epochs=epochs)
@@ -85,6 +101,8 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
             },
             **({"image_size": size} if size != 28 else {}),
             **({"context": det.context} if det.context != "vflip" else {}),
+            **({"objective": det.objective} if det.objective != "con2" else {}),
+            **({"precision": det.precision} if det.precision != "float32" else {}),
         },
         "seconds_per_step": per_step,
         "seconds_per_epoch_6000": per_step * steps_per_6000,

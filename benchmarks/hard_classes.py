@@ -123,7 +123,7 @@ def fit_context(cls: int, context: str, data) -> tuple:
     X_train, y_train, X_test, y_test = fashion_mnist(data)
     train, held = held_out_split(X_train[y_train == cls])
     started = time.perf_counter()
-    det = Con2Detector(context=context, **SETTINGS)
+    det = Con2Detector(context=context, precision="float32", **SETTINGS)  # as the committed table
     fit_quietly(det, train)
     scores = det.score_samples(X_test)
     calibration = det.calibration_scores_

@@ -22,7 +22,6 @@ several runs (an interrupted run loses at most the fit in progress). A context
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -40,11 +39,13 @@ from _harness import (
     render_block,
     run_header,
 )
-from _protocol import (
+from _protocol import (  # noqa: F401 - epochs_for and PRESET_COST_ROW: this script's API too
     BASELINES,
+    PRESET_COST_ROW,
     PRESET_N_TRAIN,
     PRESETS,
     class_images,
+    epochs_for,
     fashion_mnist,
     run_baselines,
     run_con2,
@@ -53,9 +54,6 @@ from _protocol import (
 from con2 import check_context
 from con2.datasets import FASHION_MNIST_CLASSES
 
-# The row of results/cost-cpu-frontier.json that prices one epoch of a preset, for
-# --minutes (a training budget per class on 2 CPU threads instead of a number of epochs).
-PRESET_COST_ROW = {"cpu-6000": "w8", "cpu-frontier": "w8 b64"}
 CONTEXTS = ("vflip", "invert", "equalize", None)
 ROOT = Path(__file__).resolve().parent
 
@@ -77,17 +75,6 @@ def parse_n_train(text: str):
     return {"preset": "preset", "all": None}[text] if text in ("preset", "all") else int(text)
 
 
-def epochs_for(preset: str, minutes: float, costs: Path | None = None) -> int:
-    """Epochs of all 6000 images of a class that ``minutes`` of 2 CPU threads buy.
-
-    Priced by the measured seconds per epoch of the preset's row in
-    ``results/cost-cpu-frontier.json`` (``cost.py --group frontier``).
-    """
-    rows = json.loads((costs or ROOT / "results" / "cost-cpu-frontier.json").read_text())["rows"]
-    per_epoch = rows[PRESET_COST_ROW[preset]]["seconds_per_epoch_6000"]
-    return max(1, round(60 * minutes / per_epoch))
-
-
 def main(
     preset: str = "cpu",
     classes: tuple = ALL_CLASSES,
@@ -99,19 +86,28 @@ def main(
     write_readme: bool = False,
     dask: str | None = None,
     minutes: float | None = None,
+    precision: str = "float32",
+    epochs_of: str | None = None,
 ) -> dict:
     """Run what the results file does not hold yet; return (and save) all its results.
 
     ``dask``: fan the fits out over a Dask cluster (see ``_harness.fan_out``).
     ``minutes``: train each class for that many minutes of 2 CPU threads instead of the
     preset's epochs, priced by ``results/cost-cpu-frontier.json`` (see :func:`epochs_for`).
+    ``precision``: of training (float32, as every table before it, unless bfloat16 is
+    named: its own results file). ``epochs_of``: price ``minutes`` in the epochs of that
+    precision instead (bfloat16 at float32's epochs: equal epochs, not equal time).
     """
     settings = dict(PRESETS[preset])
     if minutes is not None:
-        settings["n_epochs"] = epochs_for(preset, minutes)
+        settings["n_epochs"] = epochs_for(preset, minutes, precision=epochs_of or precision)
+    if precision != "float32":
+        settings["precision"] = precision
     if n_train == "preset":
         n_train = PRESET_N_TRAIN[preset]
     name = f"oneclass-{preset}" + (f"-{minutes:g}min" if minutes is not None else "")
+    if precision != "float32":
+        name += f"-{precision}" + (f"-{epochs_of}-epochs" if epochs_of else "")
     out_path = Path(out) if out else ROOT / "results" / f"{name}.json"
     results = ResultsFile(out_path, {"preset": preset, "settings": settings, "n_train": n_train})
     units = [(c, s, context_name(x)) for c in classes for s in seeds for x in (*contexts, "pixels")]
@@ -122,6 +118,8 @@ def main(
         "oneclass.py", ("--preset", preset), ("--minutes", minutes), ("--classes", classes),
         ("--seeds", seeds), ("--contexts", [context_name(c) for c in contexts]),
         ("--n-train", "all" if n_train is None else n_train), ("--out", out),
+        ("--precision", None if precision == "float32" else precision),
+        ("--epochs-of", epochs_of),
     ))  # fmt: skip
     add_rows(results, todo, contexts, n_train, data)
     clock = Eta(todo, parallel_fits(dask))
@@ -320,5 +318,17 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=None,
                         help="minutes of 2-thread training per class instead of the preset's "
                         "epochs (priced by results/cost-cpu-frontier.json)")  # fmt: skip
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="of training (its own results file when not float32)",
+    )
+    parser.add_argument(
+        "--epochs-of",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="price --minutes in this precision's epochs (equal epochs)",
+    )
     add_options(parser, "dask")
     main(**parse_options(parser))

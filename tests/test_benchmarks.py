@@ -809,3 +809,38 @@ def test_the_readme_summaries_quote_the_committed_numbers():
         f"trains {per_s['1']:.0f} images/s, two processes with one thread each "
         f"{per_s['2']:.0f}, a ratio of {ratio:.2f}"
     ) in summary
+
+
+def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    (tmp_path / "results").mkdir()
+    frontier = {"rows": {"w8 b64": {"seconds_per_epoch_6000": 6.0}}}  # 10 epochs a minute
+    per_epoch = {"con2": 4.0, "simclr": 2.0, "csi": 8.0, "firm": 8.0}
+    costs = {"rows": {k: {"seconds_per_epoch_6000": v} for k, v in per_epoch.items()}}
+    (tmp_path / "results" / "cost-cpu-frontier.json").write_text(json.dumps(frontier))
+    (tmp_path / "results" / "cost-cpu-objectives.json").write_text(json.dumps(costs))
+    (tmp_path / "README.md").write_text("")
+    monkeypatch.setattr(objectives, "ROOT", tmp_path)
+    monkeypatch.setattr(objectives, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(objectives.PRESETS, "cpu-frontier",
+                        dict(base_width=2, batch_size=8, n_test_augmentations=4))  # fmt: skip
+    run = dict(minutes=0.2, classes=(0, 1), seeds=(0,), data=str(tmp_path), write_readme=True)
+    results = objectives.main(**run)
+    # Con2: the minutes' epochs (0.2 x 10 = 2); the others in proportion to their cost
+    epochs = {o: results["rows"][0][o]["n_epochs"] for o in objectives.OBJECTIVES}
+    assert epochs == {"con2": 2, "simclr": 4, "csi": 1, "firm": 1}
+    for row in results["rows"]:
+        for objective in objectives.OBJECTIVES:
+            assert row[objective]["nnd"] > 0.9 and row[objective]["lh"] > 0.9  # toy classes
+        assert 0.5 < row["csi"]["own"] <= 1.0 and row["firm"]["own"] > 0.9
+        assert "own" not in row["con2"] and set(row["csi"]["per_anomaly"]) == {"nnd", "lh", "own"}
+    block = (tmp_path / "README.md").read_text()
+    assert "| class | con2 (" in block and "csi (" in block and "firm (" in block
+    assert "epochs: con2 2, simclr 4, csi 1, firm 1" in block
+    before = (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text()
+    again = objectives.main(**{**run, "write_readme": False})  # a finished table: nothing runs
+    assert again == results
+    assert (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text() == before

@@ -1,0 +1,202 @@
+"""Training objectives at equal CPU time: Con2, SimCLR, CSI and FIRM on one-class Fashion-MNIST.
+
+The standard protocol (all 6000 training images of a class, all 10000 test images, no
+pretrained weights, no other data) and one setting for every class: the ``cpu-frontier``
+preset (ResNet18 of width 8, batches of 64, 16 test-time views), trained for ``--minutes``
+of 2 CPU threads per class. An epoch of each objective costs what ``cost.py --group
+objectives`` measured side by side (CSI and FIRM see 8 views of an image, Con2 4 and
+SimCLR 2), so each objective gets the epochs that time buys: Con2 the epochs the
+``cpu-frontier`` tables price for those minutes, the others that times the ratio of
+Con2's cost to theirs.
+
+Each fit is scored by ``nnd`` and ``lh`` on one set of embeddings (as ``oneclass.py``)
+and by the objective's own score where it has one (``own``: CSI's score, FIRM's mean
+cosine to the 5 nearest training images); Con2 trains with the ``vflip`` context, the
+others without one. Results go to ``results/objectives-cpu-<minutes>min.json`` as each
+fit finishes; the same command continues an interrupted table.
+
+    python benchmarks/objectives.py --minutes 6 --classes 0 1 2 3 4 5 6 7 8 9 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from _harness import (
+    ResultsFile,
+    add_options,
+    command_line,
+    command_lines,
+    fan_out,
+    parallel_fits,
+    parse_options,
+    render_block,
+    run_header,
+)
+from _protocol import PRESETS, RESULTS, class_images, epochs_for, fashion_mnist, run_con2
+
+from con2 import NearestNeighborScorer
+from con2.datasets import FASHION_MNIST_CLASSES
+
+ROOT = Path(__file__).resolve().parent
+# context, and the objective's own scorer (None: nnd is its score)
+OBJECTIVES = {
+    "con2": ("vflip", None),
+    "simclr": (None, None),
+    "csi": (None, "csi"),
+    "firm": (None, "nnd5"),
+}
+OWN_SCORERS = {"csi": lambda: "csi", "nnd5": lambda: NearestNeighborScorer(n_neighbors=5)}
+SCORERS = ("nnd", "lh", "own")
+
+
+def epochs_of(objective: str, minutes: float, precision: str = "float32",
+              costs: Path | None = None) -> int:  # fmt: skip
+    """Epochs of ``objective`` that ``minutes`` per class buy (see the module docstring)."""
+    costs = costs or RESULTS / "cost-cpu-objectives.json"
+    rows = json.loads(costs.read_text())["rows"]
+    con2 = epochs_for("cpu-frontier", minutes, costs.parent / "cost-cpu-frontier.json", precision)
+    ratio = rows["con2"]["seconds_per_epoch_6000"] / rows[objective]["seconds_per_epoch_6000"]
+    return max(1, round(con2 * ratio))
+
+
+def run_unit(cls: int, seed: int, objective: str, settings: dict, data) -> tuple:
+    """One (class, seed, objective): its result and its seconds (here or on a Dask worker)."""
+    X_train_all, y_train, X_test, y_test = fashion_mnist(data)
+    normal = class_images(X_train_all, y_train, cls)
+    is_normal = np.where(y_test == cls, 1, -1)
+    context, own = OBJECTIVES[objective]
+    started = time.perf_counter()
+    result = run_con2(normal, X_test, is_normal, context, {**settings, "objective": objective},
+                      seed, labels=y_test, own_scorer=own and OWN_SCORERS[own]())  # fmt: skip
+    return result, time.perf_counter() - started
+
+
+def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple = (0,),
+         objectives: tuple = tuple(OBJECTIVES), precision: str = "float32",
+         data: str | None = None, out: str | None = None, write_readme: bool = False,
+         dask: str | None = None) -> dict:  # fmt: skip
+    """Run what the results file does not hold yet; return (and save) all of it."""
+    base = {**PRESETS["cpu-frontier"],
+            **({"precision": precision} if precision != "float32" else {})}  # fmt: skip
+    epochs = {name: epochs_of(name, minutes, precision) for name in objectives}
+    name = f"objectives-cpu-{minutes:g}min" + ("" if precision == "float32" else f"-{precision}")
+    results = ResultsFile(Path(out) if out else RESULTS / f"{name}.json",
+                          {"settings": base, "minutes": minutes})  # fmt: skip
+    todo = [(c, s, o) for c in classes for s in seeds for o in objectives
+            if not results.has((c, s), o)]  # fmt: skip
+    print(f"{len(todo)} fits to run; epochs {epochs}", flush=True)
+    results.start_run(command_line(
+        "objectives.py", ("--minutes", float(minutes)), ("--classes", classes),
+        ("--seeds", seeds), ("--objectives", objectives),
+        ("--precision", None if precision == "float32" else precision), ("--out", out),
+    ))  # fmt: skip
+    calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data) for c, s, o in todo]
+    started, n_parallel = time.perf_counter(), parallel_fits(dask)
+    for i, (result, seconds) in fan_out(run_unit, calls, dask):
+        cls, seed, objective = todo[i]
+        results.add((cls, seed), objective, {**result, "n_epochs": epochs[objective]})
+        left = (time.perf_counter() - started) / (i + 1) * (len(todo) - i - 1) / n_parallel
+        print(f"class {cls} seed {seed} {objective}: nnd {result['nnd']:.3f}, lh "
+              f"{result['lh']:.3f}, own {result.get('own', result['nnd']):.3f} "
+              f"({seconds:.0f} s); about {left / 60:.0f} min left", flush=True)  # fmt: skip
+    final = results.finish()
+    if write_readme:
+        render_block(ROOT / "README.md", final["name"], readme_text(final))
+    return final
+
+
+def scores(row: dict, objective: str) -> dict:
+    """AUROC of each scorer of one fit; ``own`` is ``nnd`` where nnd is the objective's."""
+    found = row[objective]
+    return {"nnd": found["nnd"], "lh": found["lh"], "own": found.get("own", found["nnd"])}
+
+
+def best_scorers(rows: list, objectives: list) -> dict:
+    """Each objective's scorer of the best mean over the classes it ran on."""
+    best = {}
+    for objective in objectives:
+        mine = [scores(r, objective) for r in rows if objective in r]
+        best[objective] = max(SCORERS, key=lambda s: np.mean([m[s] for m in mine]))
+    return best
+
+
+def per_class(rows: list, objective: str, scorer: str) -> dict:
+    """Mean over seeds of one scorer's AUROC, by class."""
+    found = {}
+    for row in rows:
+        if objective in row:
+            found.setdefault(row["class"], []).append(scores(row, objective)[scorer])
+    return {cls: float(np.mean(values)) for cls, values in found.items()}
+
+
+def readme_text(results) -> str:
+    """Return the README block: per class, each objective with its best scorer."""
+    rows = results["rows"]
+    objectives = [o for o in OBJECTIVES if any(o in r for r in rows)]
+    best = best_scorers(rows, objectives)
+    table = {o: per_class(rows, o, best[o]) for o in objectives}
+    classes = sorted({r["class"] for r in rows})
+    epochs = {o: next(r[o]["n_epochs"] for r in rows if o in r) for o in objectives}
+    lines = [
+        f"{run_header(results)}; preset `cpu-frontier` "
+        f"({', '.join(f'{k}={v}' for k, v in results['settings'].items() if k != 'n_epochs')})"
+        f", {results['minutes']:g} minutes of 2-thread training per class and objective "
+        f"(epochs: {', '.join(f'{o} {e}' for o, e in epochs.items())}); seeds "
+        f"{sorted({r['seed'] for r in rows})}. AUROC in %, mean over seeds; each objective "
+        "with its best scorer over the classes (own: CSI's score, FIRM's 5 nearest).",
+        "",
+        *command_lines(results),
+        "",
+        "| class | " + " | ".join(f"{o} ({best[o]})" for o in objectives) + " |",
+        "|---" * (len(objectives) + 1) + "|",
+    ]  # fmt: skip
+    for cls in classes:
+        values = [table[o].get(cls) for o in objectives]
+        top = max(v for v in values if v is not None)
+        cells = ["-" if v is None else f"**{100 * v:.1f}**" if v == top else f"{100 * v:.1f}"
+                 for v in values]  # fmt: skip
+        lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
+    means = [np.mean(list(table[o].values())) for o in objectives]
+    lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    if len(classes) < len(FASHION_MNIST_CLASSES):
+        lines += ["", f"**Partial:** classes {', '.join(map(str, classes))} only."]
+    lines += ["", *shirts_text(rows, objectives, best)]
+    return "\n".join(lines)
+
+
+def shirts_text(rows: list, objectives: list, best: dict) -> list:
+    """AUROC of shirts (normal) against each anomaly class, per objective: what moved shirts."""
+    shirts = [r for r in rows if r["class"] == 6]
+    if not shirts:
+        return []
+    lines = ["Shirts (class 6) as normal, against each anomaly class alone (seed 0):", "",
+             "| objective | " + " | ".join(FASHION_MNIST_CLASSES[k] for k in range(10)
+                                           if k != 6) + " |",
+             "|---" * 10 + "|"]  # fmt: skip
+    row = next(r for r in shirts if r["seed"] == min(s["seed"] for s in shirts))
+    for objective in objectives:
+        if objective not in row:
+            continue
+        scorer = best[objective]
+        per_anomaly = row[objective]["per_anomaly"]
+        found = per_anomaly.get(scorer, per_anomaly["nnd"])  # "own" is nnd where nnd is its own
+        lines.append(f"| {objective} ({scorer}) | "
+                     + " | ".join(f"{100 * found[str(k)]:.1f}" for k in range(10) if k != 6)
+                     + " |")  # fmt: skip
+    return lines
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=6.0)
+    add_options(parser, "classes", "seeds")
+    parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES),
+                        default=list(OBJECTIVES))  # fmt: skip
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    add_options(parser, "data", "out", "write-readme", "dask")
+    main(**parse_options(parser))
