@@ -711,6 +711,7 @@ BLOCKS = {
     "scaling-cpu": ("scaling", None),
     "files-cpu": ("files", None),
     "budget-cpu": ("budget", budget_block),
+    "gpu-check": ("gpu_check", None),
 }  # fmt: skip
 
 
@@ -844,3 +845,21 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     again = objectives.main(**{**run, "write_readme": False})  # a finished table: nothing runs
     assert again == results
     assert (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_code_paths_on_the_cpu_in_a_dry_run(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpu_check
+
+    result = gpu_check.main(dry_run=True, out=str(tmp_path / "gpu.json"))
+    assert result["measured"] and result["command"] == "python benchmarks/gpu_check.py --dry-run"
+    assert all(result["fit"][s]["auroc"] > 0.9 for s in ("nnd", "lh"))  # digit 0 stands out
+    speed = result["throughput"]
+    assert speed["step_images_per_s"] > 0 and speed["compiled_images_per_s"] > 0
+    assert speed["backbone_images_per_s"] > speed["step_images_per_s"]  # the step does more
+    portable = result["portability"]
+    assert portable["loaded_on"] == "cpu" and portable["cpu_max_relative_difference"] < 1e-6
+    assert portable["onnx_max_relative_difference"] < 1e-4
+    assert result["distributed"] == {"backend": "gloo", "world_size": 1, "finite_losses": True}
+    assert "| torchrun, one process | gloo, world 1" in gpu_check.readme_text(result)
