@@ -42,7 +42,10 @@ def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path
     for rank in (0, 1):  # different data on each rank, the same averaged gradient
         grads = torch.load(tmp_path / f"grads{rank}.pt")
         for name, expected in single.items():
-            torch.testing.assert_close(grads[name], expected, rtol=1e-5, atol=1e-7)
+            # float32 sums over ranks round differently from the whole batch's (CSI's
+            # rotation head once differed by 1.7e-7 on a gradient of 4e-3); the negative
+            # control below differs by more than 1e-2 of the largest gradient
+            torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=1e-6)
     # Negative control: the same loss with a plain gather, no gradient to other ranks
     spawn(gradient_worker, str(tmp_path), True, objective)
     control = torch.load(tmp_path / "grads0.pt")
