@@ -258,7 +258,10 @@ def _as_tensor(X: np.ndarray) -> torch.Tensor:
 
     Canonical images are never written to (:func:`to_float` returns new tensors), so a
     read-only array is safe to share; copying it would load a memory-mapped file whole.
+    Negative strides (``X[::-1]``), which tensors cannot represent, are copied.
     """
+    if any(stride < 0 for stride in X.strides):
+        X = np.ascontiguousarray(X)
     if X.flags.writeable:
         return torch.from_numpy(X)
     with warnings.catch_warnings():

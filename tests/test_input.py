@@ -78,3 +78,11 @@ def test_read_only_and_non_contiguous_arrays_are_copied_not_shared():
     x.setflags(write=False)
     out = as_images(x[:, :, ::2])
     assert out.shape == (4, 1, 3, 6) and out.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_arrays_with_negative_strides_are_read(dtype):
+    x = np.random.default_rng(6).integers(0, 256, (4, 1, 6, 6)).astype(dtype)
+    x = x / 255 if dtype == np.float32 else x
+    expected = as_images(np.ascontiguousarray(x[::-1, :, :, ::-1]))
+    assert torch.equal(as_images(x[::-1, :, :, ::-1]), expected)
