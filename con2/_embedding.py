@@ -10,9 +10,6 @@ n_channels, height, width), ``uint8`` or floats in [0, 1]; views are normalised 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +17,7 @@ import torch
 from torch import Tensor
 
 from con2._input import to_float
+from con2._utils import allocate, scratch_folder
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import apply_context
 
@@ -188,19 +186,18 @@ def embedding_buffer(shape: tuple, on_disk: bool, directory=None):
 
     For training sets on disk: their embeddings, ``n_views * n_samples * embed_dim``
     floats, would otherwise be the one thing in a fit that grows with the data in memory.
-    The file is removed on leaving the block.
+    The file's room is reserved first, and it is removed on leaving the block (see
+    :func:`con2._utils.scratch_folder`).
     """
     if not on_disk:
         yield None
         return
-    folder = tempfile.mkdtemp(prefix="con2-embeddings-", dir=directory)
-    try:
-        array = np.memmap(os.path.join(folder, "embeddings.f32"), dtype=np.float32,
-                          mode="w+", shape=shape)  # fmt: skip
+    nbytes = 4 * int(np.prod(shape))
+    with scratch_folder("con2-embeddings-", directory, nbytes) as folder:
+        allocate(folder / "embeddings.f32", nbytes)
+        array = np.memmap(folder / "embeddings.f32", dtype=np.float32, mode="r+", shape=shape)
         yield torch.from_numpy(array)
         del array
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _padded_embed(encoder, x: Tensor, size: int, heads=None) -> Tensor:

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +52,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from con2._utils import allocate, scratch_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -314,21 +314,23 @@ def decode_cache(paths: list, shape: tuple, dtype, value_range=None, directory=N
                  n_jobs=None):  # fmt: skip
     """Decode ``paths`` in parallel into a memory-mapped file; yield it read-only.
 
-    The file lives in a new temporary folder inside ``directory`` (the system's temporary
-    folder when None), which is removed on leaving the block. Workers write their rows
+    The file lives in a new folder inside ``directory`` (the system's temporary folder
+    when None), removed on leaving the block, also when the process is terminated;
+    folders of killed processes are removed by the next cache (see
+    :func:`con2._utils.scratch_folder`). The file's room is reserved before decoding: a
+    disk without it is a one-line error, not a crash half way. Workers write their rows
     into the file themselves, so no decoded pixels travel between processes and the
     cache never needs to fit in memory.
     """
-    folder = tempfile.mkdtemp(prefix="con2-cache-", dir=directory)
-    try:
-        file = os.path.join(folder, "images.u8" if dtype == np.uint8 else "images.f32")
-        target = (file, np.dtype(dtype).str, (len(paths), *shape))
-        np.memmap(file, dtype=dtype, mode="w+", shape=target[2]).flush()
+    full_shape = (len(paths), *shape)
+    nbytes = int(np.prod(full_shape)) * np.dtype(dtype).itemsize
+    with scratch_folder("con2-cache-", directory, nbytes) as folder:
+        file = folder / ("images.u8" if dtype == np.uint8 else "images.f32")
+        allocate(file, nbytes)
+        target = (str(file), np.dtype(dtype).str, full_shape)
         _map_batches(_decode_batch, list(enumerate(paths)), (shape, dtype, value_range, target),
                      n_jobs)  # fmt: skip
-        yield np.memmap(file, dtype=dtype, mode="r", shape=target[2])
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        yield np.memmap(file, dtype=dtype, mode="r", shape=full_shape)
 
 
 def _decode_batch(items, shape, dtype, value_range, target):
