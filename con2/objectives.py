@@ -42,8 +42,9 @@ References
    Representations", ICML 2020. https://arxiv.org/abs/2002.05709
 .. [3] Tack et al., "CSI: Novelty Detection via Contrastive Learning on Distributionally
    Shifted Instances", NeurIPS 2020. https://arxiv.org/abs/2007.08176
-.. [4] Lima et al., "Learning In-Distribution Representations for Anomaly Detection",
-   2025. https://arxiv.org/abs/2501.05130
+.. [4] Lunardi, Banabila, Herzalla and Andreoni, "Contrastive Representation Modeling
+   for Anomaly Detection" (first posted as "Learning In-Distribution Representations
+   for Anomaly Detection"), ECAI 2025. https://arxiv.org/abs/2501.05130
 """
 
 from __future__ import annotations
@@ -333,8 +334,9 @@ class FIRMObjective(BaseEstimator):
 
     References
     ----------
-    Lima et al., "Learning In-Distribution Representations for Anomaly Detection", 2025.
-    https://arxiv.org/abs/2501.05130
+    Lunardi et al., "Contrastive Representation Modeling for Anomaly Detection" (first
+    posted as "Learning In-Distribution Representations for Anomaly Detection"), ECAI
+    2025. https://arxiv.org/abs/2501.05130
 
     Examples
     --------
