@@ -162,6 +162,10 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         to it when scored.
     n_samples_fit_ : int
         Number of training images.
+    reference_images_ : ndarray of shape (n_references, n_channels, height, width)
+        A fixed random sample of the training images (at most 1024 and 16 MiB), as read
+        (``uint8``, or floats in [0, 1]): the normal images :meth:`anomaly_maps` compares
+        with.
     n_features_in_ : int
         Pixel values per image, ``prod(image_shape_)``.
     device_ : torch.device
@@ -367,6 +371,40 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         """
         return _calibration.labels(self.decision_function(X))
 
+    def anomaly_maps(self, X, method="gradient", reference="nearest"):
+        """Return a map of each image: where it looks anomalous to this detector.
+
+        Maps are the opposite of :meth:`score_samples`: **higher = more anomalous**, as
+        heat maps show anomalies, so that a map's hot spots are where the anomaly is. A
+        map is the gain in normality score, pixel by pixel, of moving the image to a
+        normal reference image (see :mod:`con2.maps`); pixels that would not gain are 0.
+        The score is ``score_samples``' arithmetic for a new image (every image is
+        treated as new, also a training image). Maps are deterministic, and an image's
+        map is the same alone or in any batch.
+
+        Parameters
+        ----------
+        X : array-like of images, folder or list of image files
+            As in :meth:`score_samples`, computed a few images at a time.
+        method : {"gradient", "integrated", "occlusion"}, default="gradient"
+            ``"gradient"``: the gradient times the difference to the reference, one
+            forward and backward pass (chosen by ``benchmarks/maps.py``).
+            ``"integrated"``: integrated gradients from the image to the reference (8
+            steps, about 8 times the cost). ``"occlusion"``: windows of the image
+            replaced by the reference's, a forward pass per window; the only method that
+            sees through a ``"histeq"`` context, whose gradient is 0.
+        reference : {"nearest", "mean"}, default="nearest"
+            The normal image each image is compared with: the nearest in pixels of
+            ``reference_images_`` (a fixed sample of the training images), or their mean.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, height, width), float32
+            At the model's image size (``image_shape_``), >= 0.
+        """
+        check_is_fitted(self)
+        return _engine.anomaly_maps(self, X, method, reference)
+
     def embed(self, X, views=None):
         """Return L2-normalised backbone features of the images or of their test-time views.
 
@@ -524,10 +562,10 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
     def __getstate__(self):
         # a copy: never alter the live object (BaseEstimator returns __dict__ itself)
-        return _persistence.portable_state(dict(super().__getstate__()))
+        return _persistence.portable_state(self, dict(super().__getstate__()))
 
     def __setstate__(self, state):
-        self.__dict__.update(_persistence.restore_state(state))
+        _persistence.restore_state(self, dict(state))
 
 
 def load(path, device=None) -> Con2Detector:

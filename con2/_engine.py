@@ -20,13 +20,14 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn import get_config
+from tqdm.auto import tqdm
 
 from con2._calibration import offset_for_contamination
 from con2._compat import HasMethods, StrOptions
 from con2._distributed import check_sync_batchnorm, resolve_group
 from con2._embedding import embed_training_set, embed_views, embedding_buffer, make_test_time_views
 from con2._input import TrainingIndex, scoring_batches, to_float, training_images
-from con2._persistence import checkpoint_for
+from con2._persistence import check_output, checkpoint_for
 from con2._training import (
     EpochPlan,
     Schedule,
@@ -41,6 +42,8 @@ from con2._training import (
 from con2._utils import derive_seed, make_generator, release_cuda_memory, resolve_device
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
+from con2.export import scoring_module
+from con2.maps import METHODS, REFERENCES, maps_of, reference_for
 from con2.networks import BACKBONES, build_encoder
 from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 from con2.scorers import SCORERS, resolve_scorer
@@ -56,6 +59,8 @@ COMPONENT_CONSTRAINTS = {
 }
 _CHECK_SAMPLES = 256  # images check_context looks at during fit
 _SCORING_CHUNK = 2048  # most images embedded and scored at once (scores do not depend on it)
+_REFERENCE_IMAGES = 1024  # most training images kept as references for anomaly maps
+_REFERENCE_BYTES = 16 * 2**20  # and at most this much of them
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ def _check_scorer_heads(scorer, objective, n_contexts: int) -> None:
 def fit(detector, X) -> dict:
     """Train on ``X`` and fit the scorer; return the fitted attributes, by name."""
     components = resolve_components(detector)
+    if detector.checkpoint_path is not None:  # before any image is read
+        check_output(detector.checkpoint_path, "checkpoint_path")
     group, device = resolve_group(detector.distributed, detector.device)
     device = resolve_device(device)
     check_sync_batchnorm(detector.sync_batchnorm, group)
@@ -152,6 +159,7 @@ def _fit_images(detector, components, images, on_disk, group, device) -> dict:
         "precision_": precision.name,
         "loss_curve_": previous + losses, "epoch_seconds_": seconds + times,
         "n_samples_fit_": n_samples, "_train_index": TrainingIndex(images),
+        "reference_images_": reference_sample(images, seed),
         "calibration_scores_": scores,
         "offset_": offset_for_contamination(scores, detector.contamination),
     }  # fmt: skip
@@ -173,6 +181,16 @@ def _fit_scorer(scorer, encoder, plan, views, spill: bool, cache_dir) -> np.ndar
         loo = getattr(scorer, "leave_one_out", False)
         exclude = torch.arange(n_samples, device=plan.device) if loo else None
         return scorer.score_samples(embeddings, exclude).cpu().numpy()
+
+
+def reference_sample(images, seed: int) -> np.ndarray:
+    """Return a fixed random sample of canonical training images, in order, for maps."""
+    n_samples = images.shape[0]
+    per_image = images[0].numel() * images.element_size()
+    keep = min(n_samples, _REFERENCE_IMAGES, max(1, _REFERENCE_BYTES // per_image))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(n_samples, keep, replace=False))
+    return images[torch.from_numpy(chosen)].cpu().numpy()
 
 
 def _check_training_set(detector, images, contexts, group) -> None:
@@ -283,6 +301,47 @@ def in_chunks(detector, n_images: int, per_image: int, compute) -> torch.Tensor:
             continue
         start += chunk
     return torch.cat(parts)
+
+
+def anomaly_maps(detector, X, method: str, reference: str, **options) -> np.ndarray:
+    """Return maps of ``X`` (n_samples, height, width), float32, higher = more anomalous.
+
+    Images go through :func:`con2.maps.maps_of` a constant number at a time (the last
+    group padded with zeros), so an image's map is the same alone or in any batch.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}; got {reference!r}.")
+    stored = getattr(detector, "reference_images_", None)
+    if stored is None:
+        raise ValueError(
+            "This detector keeps no reference images (it was saved by an older con2); "
+            "refit it to draw anomaly maps."
+        )
+    device = detector.device_
+    module = scoring_module(detector, device)
+    references = to_float(torch.from_numpy(stored)).to(device)
+    if reference == "mean":
+        references = references.mean(dim=0, keepdim=True)
+    group = max(1, forward_size(device, detector.batch_size) // len(detector.views_))
+    parts = []
+    with tqdm(desc="Con2 maps", unit="image", disable=not detector.verbose) as bar:
+        for images in scoring_batches(detector, X):
+            bar.total = (bar.total or 0) + images.shape[0]
+            for start in range(0, images.shape[0], group):
+                x = to_float(images[start : start + group]).to(device)
+                n_images = x.shape[0]
+                if n_images < group:
+                    x = torch.cat([x, x.new_zeros((group - n_images, *x.shape[1:]))])
+                found = maps_of(module, x, reference_for(x, references, reference), method,
+                                **options)  # fmt: skip
+                parts.append(found[:n_images].cpu())
+                bar.update(n_images)
+    height, width = detector.image_shape_[1:]
+    if not parts:
+        return np.zeros((0, height, width), dtype=np.float32)
+    return torch.cat(parts).numpy()
 
 
 def embed(detector, X, views=None) -> np.ndarray:

@@ -20,18 +20,21 @@ device the loading machine has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io as _stdio
 import json
 import math
 import os
 import pickle
+import shutil
 import warnings
+import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import clone
 
 from con2._embedding import TestTimeViews
 from con2._input import TrainingIndex
@@ -49,6 +52,7 @@ _READS = (1, 2)  # format versions this con2 reads
 _FITTED = ("offset_", "image_shape_", "n_features_in_", "loss_curve_", "epoch_seconds_",
            "n_samples_fit_", "precision_")  # fmt: skip
 TORCH_STATE = ("encoder_", "scorer_", "contexts_", "views_", "objective_")  # moved when pickled
+_IN_PAYLOAD = ("_train_index", "reference_images_")  # pickled inside the weights-only bytes
 
 
 def save(detector, path) -> None:
@@ -61,6 +65,12 @@ def save(detector, path) -> None:
             UserWarning,
             stacklevel=3,
         )
+    payload = _payload(detector)
+    write_replacing(path, lambda file: torch.save(payload, file), "the model")
+
+
+def _payload(detector) -> dict:
+    """Return the weights-only content of a fitted detector of built-in components."""
     params = {k: _plain(k, v) for k, v in detector.get_params(deep=False).items()}
     scorer = detector.scorer_
     params["scorer"] = _spec(SCORERS, scorer)
@@ -71,7 +81,7 @@ def save(detector, path) -> None:
     fitted["device_"] = str(detector.device_)
     fitted["contexts"] = [_name(CONTEXTS, c) for c in detector.contexts_]
     fitted["augment"] = asdict(detector.views_.augment)
-    payload = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "con2_version": __version__,
@@ -83,20 +93,73 @@ def save(detector, path) -> None:
             for k, v in vars(scorer).items()
             if k.endswith("_")
         },
-        "views": {f.name: getattr(detector.views_.params, f.name) for f in fields(AugmentParams)},
-        "view_contexts": detector.views_.view_contexts,
+        "views": {
+            f.name: getattr(detector.views_.params, f.name).cpu() for f in fields(AugmentParams)
+        },
+        "view_contexts": detector.views_.view_contexts.cpu(),
         "train_index": _index_to_tensors(detector._train_index),
         "calibration_scores": torch.from_numpy(np.asarray(detector.calibration_scores_)),
+        "reference_images": _reference_images(detector),
     }
-    torch.save(payload, path)
+
+
+def _reference_images(detector):
+    """Return the map references as a tensor; None for a model from a file without them."""
+    images = getattr(detector, "reference_images_", None)
+    return None if images is None else torch.from_numpy(np.asarray(images))
+
+
+def check_output(path, what: str) -> None:
+    """Refuse, in one line and before any work, an output file that cannot be written.
+
+    ``what`` names it in the message ("the model (--out)"): a missing folder, a folder
+    where the file should be, or a folder (or file) without write permission.
+    """
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name.")
+    if not folder.exists():
+        raise ValueError(f"the folder of {what}, {folder}, does not exist; create it first.")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}, the folder of {what} {path}, is not a folder.")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"{what} {path} cannot be written: no permission.")
+
+
+def write_replacing(path, write, what: str) -> None:
+    """Write a file by ``write(temporary)`` beside ``path``, then rename it onto ``path``.
+
+    A failed or interrupted write leaves the previous ``path`` whole; a full disk is a
+    one-line error that says so.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):  # an interrupt: nothing to explain
+            raise
+        # torch's zip writer reports a full disk as a RuntimeError about stream positions;
+        # the free space beside the path says what happened
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise OSError(
+            getattr(exc, "errno", None),
+            f"could not write {what} {path} ({getattr(exc, 'strerror', None) or exc}; "
+            f"{free:.0f} MiB free in {path.parent}); any previous {path.name} is intact",
+        ) from exc
 
 
 def read(path) -> tuple[dict, dict, dict]:
     """Read a weights-only file; return its constructor parameters, fitted values, payload.
 
     The scorer parameter comes back as an unfitted built-in scorer; everything else is
-    plain data. Refuses pickled objects and other formats.
+    plain data. Refuses pickled objects and other formats, each with a message that says
+    what the file is.
     """
+    _refuse_other_kinds(Path(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -105,8 +168,13 @@ def read(path) -> tuple[dict, dict, dict]:
             "run code, and this loader refuses them. Load joblib/pickle files only if you "
             "trust their source."
         ) from exc
+    except RuntimeError as exc:  # torch's reader: a damaged or truncated archive
+        raise ValueError(
+            f"{path} is a damaged or truncated file (not a whole zip archive: {exc}); "
+            "save the model again."
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a con2 weights-only file.")
+        raise ValueError(f"{path} is a torch file but not a con2 model (no con2 format mark).")
     if payload.get("format_version") not in _READS:
         raise ValueError(
             f"{path} has format version {payload.get('format_version')} (written by con2 "
@@ -139,6 +207,53 @@ def _from_version_1(params: dict, fitted: dict, payload: dict) -> tuple:
             key = new + key[len(old) :] if key.startswith(old) else key
         encoder[key] = value
     return params, fitted, {**payload, "encoder": encoder}
+
+
+# what a file is, by its first bytes: for the message when it is not a con2 model
+_MAGIC = {
+    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image", b"BM": "a BMP image", b"GIF8": "a GIF image",
+    b"RIFF": "a WEBP image (or another RIFF file)", b"\x93NUMPY": "a numpy .npy file",
+}  # fmt: skip
+
+
+def _refuse_other_kinds(path: Path) -> None:
+    """Say what ``path`` is when it is plainly not a con2 model, before torch reads it."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a con2 model file.")
+    if not path.exists():
+        raise ValueError(f"{path}: no such file.")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if not head:
+        kind = "empty (0 bytes)"
+    elif head.startswith(b"PK\x03\x04") and zipfile.is_zipfile(path):
+        names = zipfile.ZipFile(path).namelist()
+        if any(n.endswith("archive_format") for n in names) and any("models/" in n for n in names):
+            raise ValueError(
+                f"{path} is a torch.export (.pt2) program, not a con2 model; "
+                "`con2 info` shows what it holds, torch.export.load runs it."
+            )
+        return
+    elif head.startswith(b"PK\x03\x04"):
+        kind = "a damaged or truncated zip archive (a model cut short?)"
+    elif head[:1] == b"\x08" and path.suffix == ".onnx":
+        raise ValueError(
+            f"{path} is an ONNX export, not a con2 model: score it with ONNX "
+            "Runtime; `con2 info` shows what it holds."
+        )
+    elif head[:1] == b"\x80":
+        raise ValueError(
+            f"{path} holds pickled objects (a joblib or pickle file?), which can "
+            "run code: this loader refuses them. Load it with joblib.load only "
+            "if you trust its source."
+        )
+    elif all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        kind = "a text file" + (" (CSV)" if b"," in head else "")
+    if kind is not None:
+        raise ValueError(f"{path} is {kind}, not a con2 model.")
+    raise ValueError(f"{path} is not a con2 model (unrecognised content).")
 
 
 def _warn_if_other_version(path, written_by) -> None:
@@ -180,7 +295,7 @@ def _restore(detector, payload, fitted, device) -> None:
 
     encoder = build_encoder(detector.backbone, detector.base_width, image_shape, 0, heads)
     encoder.load_state_dict(payload["encoder"])
-    scorer = clone(detector.scorer)  # the parameter itself stays unfitted
+    scorer = _build(SCORERS, json.loads(payload["params"])["scorer"])  # a fresh one to fit
     for name, value in payload["scorer"].items():
         setattr(scorer, name, value.to(device) if isinstance(value, torch.Tensor) else value)
     params = AugmentParams(**payload["views"])
@@ -204,9 +319,21 @@ def _restore(detector, payload, fitted, device) -> None:
     detector._train_index = _index_from_tensors(payload["train_index"])
     if payload.get("calibration_scores") is not None:  # absent from older files
         detector.calibration_scores_ = payload["calibration_scores"].numpy()
+    if payload.get("reference_images") is not None:  # absent from older files
+        detector.reference_images_ = payload["reference_images"].numpy()
 
 
 def _check_builtin(detector) -> None:
+    problems = _problems(detector)
+    if problems:
+        raise TypeError(
+            "save() writes built-in components only; this detector uses user-written "
+            f"{', '.join(problems)}. Use joblib.dump for it (and load only trusted files)."
+        )
+
+
+def _problems(detector) -> list:
+    """List the user-written components of a fitted detector (only pickle carries them)."""
     problems = []
     if not isinstance(detector.backbone, str):
         problems.append(f"backbone {detector.backbone!r}")
@@ -215,11 +342,7 @@ def _check_builtin(detector) -> None:
         problems.append(f"scorer {detector.scorer_!r}")
     if _name(OBJECTIVES, detector.objective_) is None:
         problems.append(f"objective {detector.objective_!r}")
-    if problems:
-        raise TypeError(
-            "save() writes built-in components only; this detector uses user-written "
-            f"{', '.join(problems)}. Use joblib.dump for it (and load only trusted files)."
-        )
+    return problems
 
 
 def _name(registry: dict, obj):
@@ -312,10 +435,9 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        """Write ``state`` (tensors, state dicts, numbers) atomically."""
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "fingerprint": self.fingerprint}, temporary)
-        os.replace(temporary, self.path)
+        """Write ``state`` (tensors, state dicts, numbers) atomically: the last one stays whole."""
+        state = {**state, "fingerprint": self.fingerprint}
+        write_replacing(self.path, lambda file: torch.save(state, file), "the checkpoint")
 
 
 def checkpoint_for(detector, images, plan, start=None):
@@ -356,30 +478,55 @@ def _settings(component) -> str:
     return repr(sorted(get_params().items())) if callable(get_params) else repr(component)
 
 
-def portable_state(state: dict) -> dict:
-    """Return the state to pickle: ``state`` with its torch state moved to the CPU.
+_PICKLED_PAYLOAD = "_con2_weights"  # the key of a pickled detector's weights-only bytes
 
-    ``state`` is a copy of the detector's ``__dict__``; the live object is not changed.
+
+def portable_state(detector, state: dict) -> dict:
+    """Return the state to pickle (``state``: a copy of the detector's ``__dict__``).
+
+    A fitted detector of built-in components pickles its torch state as the bytes of
+    its weights-only file: no tensor, module or device in the pickle, so it loads on any
+    machine, and ``skops.io`` can save it (it stores bytes, and restoring them runs no
+    code: ``torch.load(weights_only=True)``). Other detectors (a user-written context,
+    backbone, objective or scorer: code that only pickle carries) pickle their objects,
+    with the tensors moved to the CPU. The live object is not changed.
     """
     device = state.get("device_")
-    if device is not None and device.type != "cpu":
+    if device is None:  # not fitted
+        return state
+    payload = None
+    if not _problems(detector):
+        with contextlib.suppress(TypeError):  # a parameter the file format cannot hold
+            payload = _payload(detector)
+    if payload is not None:
+        buffer = _stdio.BytesIO()
+        torch.save(payload, buffer)
+        kept = {k: v for k, v in state.items() if k not in (*TORCH_STATE, *_IN_PAYLOAD)}
+        return {**kept, "device_": str(device), _PICKLED_PAYLOAD: buffer.getvalue()}
+    if device.type != "cpu":
         moved = move(tuple(state[k] for k in TORCH_STATE), "cpu")
         state.update(zip(TORCH_STATE, moved, strict=True))
     return state
 
 
-def restore_state(state: dict) -> dict:
-    """Return an unpickled state with its torch state on the best device available here.
+def restore_state(detector, state: dict) -> None:
+    """Give an unpickled ``detector`` its ``state``, the torch state on the best device here.
 
     A model fitted on CUDA loads on a machine without it on the CPU, with a warning.
     """
+    blob = state.pop(_PICKLED_PAYLOAD, None)
+    detector.__dict__.update(state)
     device = state.get("device_")
-    if device is not None:
-        state["device_"] = loadable_device(device)
-        if state["device_"].type != "cpu":
-            moved = move(tuple(state[k] for k in TORCH_STATE), state["device_"])
-            state.update(zip(TORCH_STATE, moved, strict=True))
-    return state
+    if device is None:
+        return
+    detector.device_ = loadable_device(torch.device(device))
+    if blob is not None:
+        payload = torch.load(_stdio.BytesIO(blob), map_location="cpu", weights_only=True)
+        _restore(detector, payload, json.loads(payload["fitted"]), detector.device_)
+        detector.__dict__.update(state, device_=detector.device_)  # params as they were
+    elif detector.device_.type != "cpu":
+        moved = move(tuple(state[k] for k in TORCH_STATE), detector.device_)
+        detector.__dict__.update(zip(TORCH_STATE, moved, strict=True))
 
 
 def load(cls, path, device=None):

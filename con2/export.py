@@ -87,6 +87,16 @@ class ScoringModule(nn.Module):
         )
         return TestTimeViews(self.contexts, self.augment, params, self.view_contexts)
 
+    def score_unit(self, x: Tensor) -> Tensor:
+        """Score images of floats in [0, 1], shape (batch_size, C, H, W): float64 scores.
+
+        Differentiable in ``x`` (except through a histogram-equalize context): the
+        gradient-based anomaly maps (:mod:`con2.maps`) differentiate it.
+        """
+        views = self.views().apply(x)  # (n_views * batch_size, ...), view-major
+        z = self.encoder.features(views, self.feature_heads)
+        return self.head(z.view(len(self.view_contexts), x.shape[0], -1))
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Score ``images`` of shape (batch_size, n_channels, height, width).
 
@@ -97,9 +107,7 @@ class ScoringModule(nn.Module):
         else:
             low, high = self.value_range
             x = (images.to(torch.float32) - low) / (high - low)
-        views = self.views().apply(x)  # (n_views * batch_size, ...), view-major
-        z = self.encoder.features(views, self.feature_heads)
-        score = self.head(z.view(len(self.view_contexts), x.shape[0], -1))
+        score = self.score_unit(x)
         decision = score - self.offset
         label = torch.where(decision < 0, -1, 1)
         return score, decision, label

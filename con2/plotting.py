@@ -3,7 +3,8 @@
 - :func:`plot_embeddings`: 2-D PCA of training, normal-test and anomalous-test embeddings
   in both contexts, each image's two embeddings joined by a line (the paper's Figure 3);
 - :func:`plot_score_histogram`: scores of normal and anomalous images, with the threshold;
-- :func:`plot_loss_curve`: the training loss per epoch.
+- :func:`plot_loss_curve`: the training loss per epoch;
+- :func:`plot_anomaly_maps`: images over their anomaly maps, on one colour scale.
 
 Each function draws on ``ax`` (a new figure when None) and returns the axes.
 """
@@ -14,11 +15,14 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
+from con2 import io
 from con2._embedding import context_images, embed_views
 from con2._engine import forward_size
-from con2._input import to_float, validate_images
+from con2._input import scoring_batches, to_float, validate_images
+from con2.maps import heat, overlay
 
-__all__ = ["context_embeddings", "plot_embeddings", "plot_loss_curve", "plot_score_histogram"]
+__all__ = ["context_embeddings", "plot_anomaly_maps", "plot_embeddings", "plot_loss_curve",
+           "plot_score_histogram"]  # fmt: skip
 
 
 def _pyplot():
@@ -162,3 +166,56 @@ def plot_loss_curve(detector, *, ax=None):
     ax.set_ylabel("mean loss (context + alpha * content)")
     ax.set_title("training loss; it rises while alpha grows from 0", fontsize=9)
     return ax
+
+
+def plot_anomaly_maps(detector, X, *, method="gradient", reference="nearest", scale=None,
+                      max_images=8, axes=None):  # fmt: skip
+    """Draw images (top row) and their anomaly maps over them (bottom row), one colour scale.
+
+    Each image is titled with its ``score_samples`` value and its verdict. The colour
+    scale runs from 0 (the image unchanged) to ``scale`` for every image alike, so
+    normal regions are not painted red by a per-image stretch.
+
+    Parameters
+    ----------
+    detector : Con2Detector
+        Fitted.
+    X : array-like of images, folder or list of image files
+        As in ``score_samples``; the first ``max_images`` are drawn.
+    method, reference : str
+        As in :meth:`Con2Detector.anomaly_maps`.
+    scale : float, default=None
+        The map value drawn at full colour; None: the largest value of these maps.
+    max_images : int, default=8
+    axes : array of matplotlib Axes of shape (2, n_images), default=None
+
+    Returns
+    -------
+    axes : array of matplotlib Axes of shape (2, n_images)
+    """
+    check_is_fitted(detector)
+    subset = io.list_images(X)[:max_images] if io.is_file_input(X) else X[:max_images]
+    images = to_float(next(scoring_batches(detector, subset))).numpy()
+    if len(images) == 0:
+        raise ValueError("X holds no images to draw.")
+    maps = detector.anomaly_maps(subset, method=method, reference=reference)
+    scores = detector.score_samples(subset)
+    scale = float(scale) if scale is not None else float(maps.max()) or 1.0
+    plt = _pyplot()
+    if axes is None:
+        _, axes = plt.subplots(2, len(images), figsize=(1.6 * len(images), 3.6), squeeze=False)
+    pictures = images.transpose(0, 2, 3, 1)
+    for i, (picture, values, score) in enumerate(zip(pictures, maps, scores, strict=True)):
+        shown = picture[..., 0] if picture.shape[-1] == 1 else picture
+        axes[0, i].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        verdict = "anomaly" if score < detector.offset_ else "normal"
+        axes[0, i].set_title(f"{score:.3g}\n{verdict}", fontsize=8)
+        axes[1, i].imshow(overlay(shown, values, scale))
+        for ax in axes[:, i]:
+            ax.set_axis_off()
+    from matplotlib import cm, colors
+
+    ramp = colors.ListedColormap(heat(np.linspace(0, 1, 256)))
+    mappable = cm.ScalarMappable(colors.Normalize(0, scale), ramp)
+    axes[1, 0].figure.colorbar(mappable, ax=list(axes[1]), shrink=0.8, label="anomaly map")
+    return axes

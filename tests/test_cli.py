@@ -114,7 +114,7 @@ def test_bad_options_are_one_line_errors_from_the_estimator_itself(fitted, tmp_p
     root, _, _ = fitted
     done = run("fit", root / "train", "--out", tmp_path / "m", "--n-epochs", "0", check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().startswith("con2: error: The 'n_epochs' parameter of Con2Detector")
+    assert done.stderr.strip().startswith("con2: error: The --n-epochs option must be")
     assert len(done.stderr.strip().splitlines()) == 1
     missing = run("score", tmp_path / "nothing.con2", root / "new", check=False)
     assert missing.returncode == 1 and "nothing.con2" in missing.stderr

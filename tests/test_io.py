@@ -294,7 +294,7 @@ def test_the_decode_cache_goes_to_cache_dir_and_is_removed_after_fit(tmp_path, m
 
     monkeypatch.setattr(io, "decode_cache", contextlib.contextmanager(spy))
     tiny_detector(cache_dir=str(cache_dir)).fit(folder)
-    assert seen and seen[0].startswith(str(cache_dir)) and os.listdir(cache_dir) == []
+    assert seen and str(seen[0]).startswith(str(cache_dir)) and os.listdir(cache_dir) == []
 
 
 def test_a_memmap_is_trained_on_in_place(tmp_path, monkeypatch):

@@ -9,14 +9,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # A module may import only from layers below its own (so there is no import cycle).
 LAYERS = {
     "_compat": 0, "_utils": 0, "_version": 0, "_calibration": 0, "_distributed": 0,
-    "augment": 0, "io": 0, "losses": 0, "networks": 0, "datasets": 0,
-    "_input": 1, "scorers": 1,
-    "contexts": 2,
-    "_embedding": 3, "objectives": 3,
-    "_training": 4, "_persistence": 4,
-    "_engine": 5, "export": 5,
-    "_detector": 6, "plotting": 6,
-    "cli": 7, "__init__": 7, "__main__": 8,
+    "augment": 0, "losses": 0, "networks": 0, "datasets": 0, "maps": 0,
+    "io": 1, "scorers": 1,
+    "_input": 2,
+    "contexts": 3,
+    "_embedding": 4, "objectives": 4,
+    "_training": 5, "_persistence": 5,
+    "export": 6,
+    "_engine": 7,
+    "_detector": 8, "plotting": 8,
+    "cli": 9, "__init__": 9, "__main__": 10,
 }  # fmt: skip
 
 

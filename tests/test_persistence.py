@@ -13,7 +13,7 @@ from helpers import pinned_data, tiny_detector
 
 import con2
 import con2._persistence as persistence_module
-from con2 import Con2Detector, Con2Objective
+from con2 import Con2Detector, Con2Objective, GaussianScorer
 from con2._utils import move
 from con2.datasets import load_digits_images
 
@@ -75,10 +75,27 @@ def test_pickle_does_not_alter_the_live_detector(fitted):
     np.testing.assert_array_equal(restored.score_samples(test), before)
 
 
-def test_a_cuda_fitted_detector_pickles_its_torch_state_through_cpu(fitted, monkeypatch):
-    """The mechanism, without a GPU: a detector whose device_ is CUDA hands every piece of
-    torch state to ``move(..., "cpu")`` when pickled, and keeps the live objects."""
+def test_a_cuda_detector_pickles_its_weights_as_bytes_without_a_tensor(fitted, monkeypatch):
+    """The mechanism, without a GPU: a detector of built-in components whose device_ is
+    CUDA pickles its torch state as the bytes of its weights-only file (no tensor, module
+    or device in the pickle), and keeps the live objects."""
     det, _ = fitted
+    monkeypatch.setattr(det, "device_", torch.device("cuda"))
+    state = det.__getstate__()
+    assert not list(all_tensors(state)) and isinstance(state["_con2_weights"], bytes)
+    assert state["device_"] == "cuda" and not set(persistence_module.TORCH_STATE) & set(state)
+    assert vars(det)["encoder_"] is det.encoder_ and det.device_ == torch.device("cuda")
+
+
+class UserScorer(GaussianScorer):
+    """A user-written scorer (a subclass is not the built-in)."""
+
+
+def test_a_detector_with_a_user_written_component_moves_its_tensors_to_the_cpu(monkeypatch):
+    """Only pickle carries user-written code: such a detector pickles its objects, every
+    tensor handed to ``move(..., "cpu")``."""
+    X, y = load_digits_images()
+    det = tiny_detector(scorer=UserScorer()).fit(X[y == 0])
     calls = []
 
     def spy(obj, device):
@@ -89,12 +106,11 @@ def test_a_cuda_fitted_detector_pickles_its_torch_state_through_cpu(fitted, monk
     monkeypatch.setattr(det, "device_", torch.device("cuda"))
     state = det.__getstate__()
     assert len(calls) == 1 and calls[0][1] == "cpu"
-    moved = {id(x) for x in calls[0][0]}
-    assert moved == {id(getattr(det, k)) for k in persistence_module.TORCH_STATE}
+    assert {id(x) for x in calls[0][0]} == {id(getattr(det, k))
+                                            for k in persistence_module.TORCH_STATE}  # fmt: skip
     for key in persistence_module.TORCH_STATE:
         assert state[key] is not getattr(det, key)  # a CPU copy, the live object untouched
     assert all(t.device.type == "cpu" for t in all_tensors(state))
-    assert vars(det)["encoder_"] is det.encoder_
 
 
 def test_move_remaps_every_tensor_of_modules_scorers_and_views(fitted):
@@ -110,7 +126,7 @@ def test_move_remaps_every_tensor_of_modules_scorers_and_views(fitted):
 def test_loading_a_cuda_model_on_a_cpu_machine_falls_back_with_a_warning(fitted):
     det, test = fitted
     state = det.__getstate__()
-    state["device_"] = torch.device("cuda")  # as written by a GPU machine
+    state["device_"] = "cuda"  # as written by a GPU machine
     restored = Con2Detector.__new__(Con2Detector)
     with pytest.warns(UserWarning, match="CUDA is not available here"):
         restored.__setstate__(state)
@@ -147,6 +163,8 @@ def test_a_file_of_format_version_1_loads_and_scores_as_when_it_was_written(tmp_
     assert torch.load(tmp_path / "again.con2", weights_only=True)["format_version"] == 2
     again = con2.load(tmp_path / "again.con2")
     np.testing.assert_array_equal(again.score_samples(test), det.score_samples(test))
+    with pytest.raises(ValueError, match=r"keeps no reference images .* refit"):
+        again.anomaly_maps(test[:2])  # format 1 kept no images to draw maps against
 
 
 @pytest.mark.parametrize(
