@@ -426,9 +426,14 @@ def precision_case(case: dict) -> dict:
     return row
 
 
-def precision_table(threads=(1, 2), rounds: int = 3, n_steps: int = 2, epochs: int = 2,
-                    widths=PRECISION_WIDTHS, shapes=None) -> dict:  # fmt: skip
+def precision_table(results, threads=(1, 2), rounds: int = 3, n_steps: int = 2,
+                    epochs: int = 2, widths=PRECISION_WIDTHS, shapes=None) -> dict:  # fmt: skip
     """Every (width, image, threads) case: seconds per step of each format and each fit.
+
+    Each case is saved in ``results`` (a dict-rows :class:`ResultsFile`) as it finishes,
+    and a case already there is skipped: the same command run again after an
+    interruption measures only what is missing. Every ratio of the table is within one
+    case, measured side by side in one process.
 
     Each case runs in a process of its own: torch 2.14.1's CPU backward corrupts the heap
     (and the process dies) for float32 channels-last at small widths on larger images
@@ -436,8 +441,10 @@ def precision_table(threads=(1, 2), rounds: int = 3, n_steps: int = 2, epochs: i
     without float32 channels-last, and the table says so.
     """
     shapes = shapes or PRECISION_IMAGES
-    rows = {}
     for count, width, (image, shape) in itertools.product(threads, widths, shapes.items()):
+        key = f"w{width} {image} {count}t"
+        if results.has(key, "fits"):
+            continue
         case = {"width": width, "image": image, "shape": shape, "threads": count,
                 "rounds": rounds, "n_steps": n_steps, "epochs": epochs, "skip": [],
                 "profile": shape[1] == 128 and count == max(threads)}  # fmt: skip
@@ -448,9 +455,9 @@ def precision_table(threads=(1, 2), rounds: int = 3, n_steps: int = 2, epochs: i
             if row is None:
                 raise RuntimeError(f"the case {case} died also without float32 channels-last")
             row["crashed"] = case["skip"]
-        rows[f"w{width} {image} {count}t"] = row
+        results.add(key, None, row)
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
-    return rows
+    return results.data["rows"]
 
 
 def _run_case(case: dict) -> dict | None:
@@ -468,12 +475,15 @@ def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), width
                    shapes=None) -> dict:  # fmt: skip
     """Run the precision table and save it (``results/throughput-precision-cpu.json``)."""
     path = Path(out) if out else ROOT / "results" / "throughput-precision-cpu.json"
-    results = ResultsFile(path, resume=False)
+    widths, shapes = widths or PRECISION_WIDTHS, shapes or PRECISION_IMAGES
+    identity = {"table": "precision", "rounds": rounds, "threads": list(threads),
+                "widths": list(widths), "images": list(shapes), "torch": torch.__version__,
+                "native_bfloat16": native_bfloat16()}  # fmt: skip
+    results = ResultsFile(path, identity, rows="dict")
     results.start_run(command_line("throughput.py", ("--precision-table", True),
                                    ("--rounds", rounds)), device=torch.device("cpu"))  # fmt: skip
-    rows = precision_table(threads, rounds, widths=widths or PRECISION_WIDTHS, shapes=shapes)
-    results.data.update(rows=rows, torch=torch.__version__, native_bfloat16=native_bfloat16())
-    results.save()
+    precision_table(results, threads, rounds, widths=widths, shapes=shapes)
+    results.finish()
     if write_readme:
         render_block(ROOT / "README.md", "throughput-precision-cpu", precision_text(results.data))
     return results.data
@@ -489,13 +499,15 @@ def native_bfloat16() -> str:
 
 def precision_text(r) -> str:
     """Return the README block of the precision table: ratios to float32 contiguous."""
-    rows = r["rows"].values()
+    rows = sorted(r["rows"].values(), key=lambda row: (
+        row["threads"], row["width"], r["images"].index(row["image"])))  # fmt: skip
     lines = [
         f"{run_header(r)}, torch {r['torch']}; CPU flags for bfloat16: {r['native_bfloat16']}; "
         "medians of interleaved rounds after a warm-up; speed-ups are float32 (contiguous, "
         "or the library's float32 fit) seconds divided by each case's.",
         "",
         *command_lines(r),
+        *(["", r["note"]] if r.get("note") else []),
         "",
         "| width | images (batch) | threads | float32 channels-last | bf16 contiguous | "
         "bf16 channels-last | fit bf16 | fit f32 compiled | fit bf16 compiled | "

@@ -289,6 +289,40 @@ def test_throughput_measures_all_four_parts_as_ratios(benchmarks, tmp_path):
     assert json.loads((tmp_path / "t.json").read_text()) == result
 
 
+def test_the_precision_table_saves_each_case_and_a_rerun_measures_only_the_missing(
+    benchmarks, tmp_path, monkeypatch
+):
+    _, throughput, readme = benchmarks
+    measured = []
+
+    def fake_case(case):  # no processes: the table's bookkeeping is what is tested
+        measured.append((case["width"], case["threads"]))
+        if case["width"] == 4 and case["threads"] == 2:
+            raise KeyboardInterrupt  # the run is killed during its last case
+        formats = {"float32 contiguous": 2.0, "float32 channels-last": 1.0,
+                   "bfloat16 contiguous": 1.0, "bfloat16 channels-last": 0.5}  # fmt: skip
+        fits = {"float32": 3.0, "bfloat16": 1.5, "float32, compile": 3.0,
+                "bfloat16, compile": 1.0}  # fmt: skip
+        return {"width": case["width"], "image": case["image"], "threads": case["threads"],
+                "batch": 8, "formats": formats, "fits": fits}  # fmt: skip
+
+    monkeypatch.setattr(throughput, "_run_case", fake_case)
+    settings = dict(out=str(tmp_path / "p.json"), rounds=1, widths=(2, 4),
+                    shapes={"12 px gray": (1, 12)})  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        throughput.precision_main(**settings)
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert list(saved["rows"]) == ["w2 12 px gray 1t", "w4 12 px gray 1t", "w2 12 px gray 2t"]
+    monkeypatch.setattr(throughput, "_run_case", lambda case: {
+        **fake_case({**case, "width": 5}), "width": case["width"]})  # fmt: skip
+    measured.clear()
+    result = throughput.precision_main(**settings, write_readme=True)
+    assert measured == [(5, 2)]  # only the case the kill interrupted
+    assert len(result["rows"]) == 4
+    assert "| 2 | 12 px gray (8) | 1 | 2.00x | 2.00x | 4.00x | 2.00x | 1.00x | 3.00x |" in (
+        readme.read_text())  # fmt: skip
+
+
 def test_cost_separates_epochs_from_the_fixed_cost_of_a_fit(benchmarks, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import cost
@@ -712,6 +746,8 @@ BLOCKS = {
     "files-cpu": ("files", None),
     "budget-cpu": ("budget", budget_block),
     "gpu-check": ("gpu_check", None),
+    "throughput-precision-cpu": ("throughput", lambda throughput: throughput.precision_text(
+        committed("throughput-precision-cpu"))),
 }  # fmt: skip
 
 
@@ -863,3 +899,46 @@ def test_the_gpu_check_runs_its_code_paths_on_the_cpu_in_a_dry_run(tmp_path, mon
     assert portable["onnx_max_relative_difference"] < 1e-4
     assert result["distributed"] == {"backend": "gloo", "world_size": 1, "finite_losses": True}
     assert "| torchrun, one process | gloo, world 1" in gpu_check.readme_text(result)
+
+
+def test_aupro_of_a_two_region_example_computed_by_hand(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import maps
+
+    # Region A: 2 pixels of image 1 (map 0.8, 0.4); region B: 1 pixel of image 2 (0.6);
+    # 9 background pixels at 0.0 ... 0.45. Lowering the threshold: A half found at 0.8,
+    # B at 0.6 (PRO 0.75, no false positive), the background's 0.45 (FPR 1/9), A whole
+    # at 0.4 (PRO 1), 0.35 (FPR 2/9), 0.3 (FPR 3/9, past 0.3). Area up to 0.3:
+    # 0.75 * 1/9 + 1 * (0.3 - 1/9), over 0.3.
+    found = maps.aupro(
+        np.array([[[0.8, 0.4, 0.1, 0.2, 0.3, 0.0]], [[0.05, 0.15, 0.25, 0.35, 0.45, 0.6]]]),
+        np.array([[[1, 1, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 1]]], dtype=bool),
+    )
+    assert found == pytest.approx((0.75 / 9 + (0.3 - 1 / 9)) / 0.3, rel=1e-12)
+    # two regions of one image, 8-connected: a diagonal neighbour joins a region
+    diagonal = np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 0]]], dtype=bool)
+    first_only = np.array([[[1.0, 0, 0], [0, 0.5, 0], [0, 0, 0.2]]])
+    assert maps.aupro(first_only, diagonal) == pytest.approx(1.0)  # one region, both found
+    rng = np.random.default_rng(0)
+    noise = maps.aupro(rng.random((200, 8, 8)), rng.random((200, 8, 8)) < 0.1)
+    assert abs(noise - 0.15) < 0.02  # a random map: PRO equals the false-positive rate
+
+
+def test_synthetic_anomalies_change_only_their_masks_on_the_object(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import maps
+
+    rng = np.random.default_rng(1)
+    normal = np.zeros((30, 28, 28), dtype=np.uint8)
+    normal[:, 6:22, 8:20] = rng.integers(100, 200, (30, 16, 12))  # the object, on black
+    others = rng.integers(0, 256, (10, 28, 28)).astype(np.uint8)
+    for kind in maps.KINDS:
+        images, masks = maps.synthetic_anomalies(normal, others, kind, seed=0)
+        assert masks.any(axis=(1, 2)).all()  # every image got an anomaly
+        np.testing.assert_array_equal(images[~masks], normal[~masks])
+        assert (images[masks] != normal[masks]).all()
+        centres = np.array([np.argwhere(m).mean(axis=0) for m in masks])
+        on_object = (centres[:, 0] > 3) & (centres[:, 0] < 25) & (centres[:, 1] > 5)
+        assert on_object.mean() > 0.9, kind
+        again, _ = maps.synthetic_anomalies(normal, others, kind, seed=0)
+        np.testing.assert_array_equal(again, images)  # reproducible from the seed
