@@ -163,7 +163,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
     n_samples_fit_ : int
         Number of training images.
     reference_images_ : ndarray of shape (n_references, n_channels, height, width)
-        A fixed random sample of the training images (at most 1024 and 16 MiB), as read
+        A fixed random sample of the training images (at most 8192 and 16 MiB), as read
         (``uint8``, or floats in [0, 1]): the normal images :meth:`anomaly_maps` compares
         with.
     n_features_in_ : int
@@ -386,9 +386,12 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         ----------
         X : array-like of images, folder or list of image files
             As in :meth:`score_samples`, computed a few images at a time.
-        method : {"gradient", "integrated", "occlusion"}, default="gradient"
-            ``"gradient"``: the gradient times the difference to the reference, one
-            forward and backward pass (chosen by ``benchmarks/maps.py``).
+        method : {"gradient", "input-gradient", "integrated", "occlusion"}, \
+                default="gradient"
+            ``"gradient"``: the score's gain of moving toward the reference (gradient
+            times difference), averaged over each pixel's neighbourhood, times how far
+            the pixel is from the reference; one forward and backward pass, chosen by
+            ``benchmarks/maps.py``. ``"input-gradient"``: that gain pixel by pixel.
             ``"integrated"``: integrated gradients from the image to the reference (8
             steps, about 8 times the cost). ``"occlusion"``: windows of the image
             replaced by the reference's, a forward pass per window; the only method that

@@ -59,7 +59,7 @@ COMPONENT_CONSTRAINTS = {
 }
 _CHECK_SAMPLES = 256  # images check_context looks at during fit
 _SCORING_CHUNK = 2048  # most images embedded and scored at once (scores do not depend on it)
-_REFERENCE_IMAGES = 1024  # most training images kept as references for anomaly maps
+_REFERENCE_IMAGES = 8192  # most training images kept as references for anomaly maps
 _REFERENCE_BYTES = 16 * 2**20  # and at most this much of them
 
 

@@ -10,9 +10,16 @@ should have been: the training image nearest to ``x`` in pixels among the detect
 With ``s`` the detector's normality score (the mean over the test-time views, exactly
 ``score_samples``' arithmetic for a new image):
 
-- ``"gradient"``: input times gradient against the reference,
-  ``sum_c (r - x) * ds/dx``: the first-order gain in normality of moving each pixel to
-  the reference; one forward and one backward pass.
+- ``"gradient"`` (the default): where the model says moving toward the reference helps,
+  times what changed there. The first-order gain ``g = sum_c (r - x) * ds/dx`` (input
+  times gradient against the reference), its positive part averaged over a ``smooth``
+  x ``smooth`` neighbourhood, square-rooted, times how far each pixel is from the
+  reference, ``sum_c |r - x|``. A single pixel's gain is noisy and often negative inside
+  a defect (its neighbours carry the evidence); the neighbourhood says where, the
+  difference says which pixels, and the square root keeps a pixel that changed much in
+  a region of modest gain (a thin scratch) visible. Chosen by measurement
+  (``benchmarks/maps.py``). One forward and one backward pass.
+- ``"input-gradient"``: the gain ``g`` itself, pixel by pixel (positive part).
 - ``"integrated"``: integrated gradients [1]_ along the straight path from ``x`` to
   ``r`` (``steps`` points): the gains add up to ``s(r) - s(x)``.
 - ``"occlusion"``: each window of ``window`` pixels (stride half of it) replaced by the
@@ -38,7 +45,7 @@ from torch import Tensor
 
 __all__ = ["METHODS", "REFERENCES", "heat", "maps_of", "overlay", "reference_for"]
 
-METHODS = ("gradient", "integrated", "occlusion")
+METHODS = ("gradient", "input-gradient", "integrated", "occlusion")
 REFERENCES = ("nearest", "mean")
 
 
@@ -55,13 +62,24 @@ def reference_for(x: Tensor, references: Tensor, kind: str) -> Tensor:
 
 
 def maps_of(module, x: Tensor, reference: Tensor, method: str, steps: int = 8,
-            window: int = 0) -> Tensor:  # fmt: skip
+            window: int = 0, smooth: int = 0) -> Tensor:  # fmt: skip
     """Return maps (batch_size, H, W), float32, of images ``x`` against ``reference``.
 
     ``module`` is the detector's :class:`con2.export.ScoringModule` (its ``score_unit``
-    scores floats in [0, 1]). ``window`` 0 means a quarter of the smaller side.
+    scores floats in [0, 1]). ``window`` (occlusion) 0 means a quarter of the smaller
+    side; ``smooth`` (gradient) 0 means the odd number nearest a sixth of it, at least 3
+    (5 at 28 pixels).
     """
+    if smooth < 0 or (smooth % 2 == 0 and smooth):
+        raise ValueError(f"smooth must be an odd number of pixels (or 0); got {smooth}.")
     if method == "gradient":
+        gain = ((reference - x) * _gradient(module, x)).sum(dim=1, keepdim=True)
+        size = smooth or max(3, 2 * round((min(x.shape[-2:]) / 6 - 1) / 2) + 1)
+        regional = torch.nn.functional.avg_pool2d(
+            gain.clamp_min(0), size, stride=1, padding=size // 2, count_include_pad=False
+        )
+        return (regional[:, 0].sqrt() * (reference - x).abs().sum(dim=1)).float()
+    if method == "input-gradient":
         gain = (reference - x) * _gradient(module, x)
     elif method == "integrated":
         path = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps, device=x.device)  # midpoints

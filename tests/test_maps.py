@@ -12,7 +12,7 @@ from PIL import Image
 
 from con2 import load
 from con2.cli import main
-from con2.maps import METHODS, REFERENCES, heat, overlay
+from con2.maps import METHODS, REFERENCES, heat, maps_of, overlay
 
 
 def centre_textures(n: int, seed: int = 0) -> np.ndarray:
@@ -254,3 +254,33 @@ def test_plot_anomaly_maps_draws_images_over_maps_on_one_scale(fitted):
     colourbar = axes[0, 0].figure.axes[-1]
     assert colourbar.get_ylim()[1] == pytest.approx(float(det.anomaly_maps(images[:3]).max()))
     assert "anomaly" in axes[0, 0].get_title() or "normal" in axes[0, 0].get_title()
+
+
+class Quadratic:
+    """A stand-in scoring module: s(x) = -sum((x - c)^2), whose gradient is -2 (x - c)."""
+
+    def __init__(self, centre):
+        self.centre = centre
+
+    def score_unit(self, x):
+        return -((x - self.centre) ** 2).sum(dim=(1, 2, 3))
+
+
+def test_the_gradient_map_is_the_regional_gain_times_the_change():
+    rng = np.random.default_rng(0)
+    x, reference, centre = (torch.from_numpy(rng.random((2, 2, 6, 7))) for _ in range(3))
+    found = maps_of(Quadratic(centre), x, reference, "gradient", smooth=3).numpy()
+    # by hand: per-pixel gain summed over channels, its positive part averaged over the
+    # 3x3 neighbourhood that lies inside the image, square-rooted, times the summed
+    # absolute change
+    gain = ((reference - x) * -2 * (x - centre)).sum(dim=1).clamp_min(0).numpy()
+    moved = (reference - x).abs().sum(dim=1).numpy()
+    expected = np.zeros_like(gain)
+    for i, j, k in np.ndindex(gain.shape):
+        window = gain[i, max(0, j - 1) : j + 2, max(0, k - 1) : k + 2]
+        expected[i, j, k] = np.sqrt(window.mean()) * moved[i, j, k]
+    np.testing.assert_allclose(found, expected, rtol=1e-6)
+    pixel = maps_of(Quadratic(centre), x, reference, "input-gradient").numpy()
+    np.testing.assert_allclose(pixel, gain, rtol=1e-6)
+    with pytest.raises(ValueError, match="odd number"):
+        maps_of(Quadratic(centre), x, reference, "gradient", smooth=4)
