@@ -1,7 +1,8 @@
 """Where is the anomaly: anomaly maps on Fashion-MNIST, against known masks.
 
 For every class as normal: a detector (the ``cpu-frontier`` setting trained for
-``--minutes`` per class) and the class's 1000 normal test images, each turned into an
+``--minutes`` per class) and the class's 1000 normal test images (or the first
+``--images``), each turned into an
 anomaly of a known kind, on the object (where the image is not background):
 
 - ``patch``: a square of 6 or 10 pixels copied from the same place of a test image of
@@ -186,11 +187,14 @@ def measure(det, maps: np.ndarray, masks: np.ndarray, images: np.ndarray, mean: 
 
 
 def run_unit(cls: int, seed: int, settings: dict, data, kinds: tuple, methods: tuple,
-             n_deletion: int) -> tuple:  # fmt: skip
-    """One class: fit, then every kind of anomaly, every map, every metric, and the times."""
+             n_deletion: int, n_images: int | None = None) -> tuple:  # fmt: skip
+    """One class: fit, then every kind of anomaly, every map, every metric, and the times.
+
+    ``n_images``: the first that many normal test images of the class (None: all).
+    """
     X_train_all, y_train, X_test, y_test = fashion_mnist(data)
     train = class_images(X_train_all, y_train, cls)
-    normal, others = X_test[y_test == cls], X_test[y_test != cls]
+    normal, others = X_test[y_test == cls][:n_images], X_test[y_test != cls]
     started = time.perf_counter()
     det = Con2Detector(**settings, random_state=seed)
     fit_quietly(det, train)
@@ -223,14 +227,14 @@ def run_unit(cls: int, seed: int, settings: dict, data, kinds: tuple, methods: t
 
 def main(minutes: float = 2.0, classes: tuple = tuple(range(10)), seed: int = 0,
          kinds: tuple = KINDS, methods: tuple = METHODS, deletion_images: int = 200,
-         data: str | None = None, out: str | None = None, write_readme: bool = False,
-         dask: str | None = None) -> dict:  # fmt: skip
+         images: int | None = None, data: str | None = None, out: str | None = None,
+         write_readme: bool = False, dask: str | None = None) -> dict:  # fmt: skip
     """Run the classes the results file does not hold yet; return (and save) all of it."""
     settings = {**PRESETS["cpu-frontier"], "n_epochs": epochs_for("cpu-frontier", minutes)}
     name = f"maps-cpu-{minutes:g}min"
     results = ResultsFile(Path(out) if out else RESULTS / f"{name}.json",
                           {"settings": settings, "minutes": minutes, "kinds": list(kinds),
-                           "deletion_images": deletion_images})  # fmt: skip
+                           "deletion_images": deletion_images, "images": images})  # fmt: skip
     todo = [c for c in classes if not results.has((c, seed), "kinds")]
     print(f"{len(todo)} classes to run; {settings['n_epochs']} epochs each", flush=True)
     results.start_run(command_line(
@@ -238,9 +242,10 @@ def main(minutes: float = 2.0, classes: tuple = tuple(range(10)), seed: int = 0,
         ("--kinds", None if kinds == KINDS else kinds),
         ("--methods", None if methods == METHODS else methods),
         ("--deletion-images", None if deletion_images == 200 else deletion_images),
+        ("--images", images),
         ("--out", out),
     ))  # fmt: skip
-    calls = [(c, seed, settings, data, kinds, methods, deletion_images) for c in todo]
+    calls = [(c, seed, settings, data, kinds, methods, deletion_images, images) for c in todo]
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
         results.add((todo[i], seed), "kinds", result)
         print(f"class {todo[i]}: {seconds:.0f} s; " + summary_line(result), flush=True)
@@ -276,7 +281,9 @@ def readme_text(results) -> str:
     lines = [
         f"{run_header(results)}; preset `cpu-frontier` trained {results['minutes']:g} minutes "
         f"per class ({results['settings']['n_epochs']} epochs), seed {rows[0]['seed']}; "
-        f"anomalies: {', '.join(kinds)} on each class's 1000 normal test images. Pixel "
+        f"anomalies: {', '.join(kinds)} on "
+        + (f"the first {results['images']} of " if results.get("images") else "")
+        + "each class's 1000 normal test images. Pixel "
         "AUROC and AUPRO (to FPR 0.3) in %, mean over the kinds and classes; deletion area "
         f"on the first {results['deletion_images']} images of each kind, in calibration "
         "standard deviations (larger: the map finds what the score reacts to); cost: "
@@ -318,5 +325,11 @@ if __name__ == "__main__":
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--deletion-images", type=int, default=200)
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="the first N normal test images of each class (default: all)",
+    )
     add_options(parser, "data", "out", "write-readme", "dask")
     main(**parse_options(parser))

@@ -376,8 +376,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
 
         Maps are the opposite of :meth:`score_samples`: **higher = more anomalous**, as
         heat maps show anomalies, so that a map's hot spots are where the anomaly is. A
-        map is the gain in normality score, pixel by pixel, of moving the image to a
-        normal reference image (see :mod:`con2.maps`); pixels that would not gain are 0.
+        map says where moving the image toward a normal reference image would raise its
+        normality score, and which pixels differ there (see :mod:`con2.maps`); pixels
+        that would not gain are 0.
         The score is ``score_samples``' arithmetic for a new image (every image is
         treated as new, also a training image). Maps are deterministic, and an image's
         map is the same alone or in any batch.
