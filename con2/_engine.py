@@ -43,7 +43,7 @@ from con2._utils import derive_seed, make_generator, release_cuda_memory, resolv
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
 from con2.export import scoring_module
-from con2.maps import METHODS, REFERENCES, maps_of, reference_for
+from con2.maps import METHODS, REFERENCES, ReferenceSet, maps_of, reference_for
 from con2.networks import BACKBONES, build_encoder
 from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 from con2.scorers import SCORERS, resolve_scorer
@@ -303,6 +303,19 @@ def in_chunks(detector, n_images: int, per_image: int, compute) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def maps_views(device: torch.device, detector) -> int:
+    """Return the number of views per pass of anomaly maps (a forward and a backward).
+
+    Up to 8 times what embedding passes take, but at most 256 views of 28 x 28 pixels'
+    worth of pixels, since the backward keeps every activation: on the CPU, a map of one
+    image at a time costs 2.4 times as much as maps of four at a time (measured at
+    28 px, width 8, 32 views).
+    """
+    height, width = detector.image_shape_[1:]
+    by_pixels = max(1, 256 * 28 * 28 // (height * width))
+    return min(8 * forward_size(device, detector.batch_size), by_pixels)
+
+
 def anomaly_maps(detector, X, method: str, reference: str, **options) -> np.ndarray:
     """Return maps of ``X`` (n_samples, height, width), float32, higher = more anomalous.
 
@@ -321,10 +334,8 @@ def anomaly_maps(detector, X, method: str, reference: str, **options) -> np.ndar
         )
     device = detector.device_
     module = scoring_module(detector, device)
-    references = to_float(torch.from_numpy(stored)).to(device)
-    if reference == "mean":
-        references = references.mean(dim=0, keepdim=True)
-    group = max(1, forward_size(device, detector.batch_size) // len(detector.views_))
+    references = ReferenceSet(to_float(torch.from_numpy(stored)).to(device))
+    group = max(1, maps_views(device, detector) // len(detector.views_))
     parts = []
     with tqdm(desc="Con2 maps", unit="image", disable=not detector.verbose) as bar:
         for images in scoring_batches(detector, X):

@@ -43,22 +43,46 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["METHODS", "REFERENCES", "heat", "maps_of", "overlay", "reference_for"]
+__all__ = ["METHODS", "REFERENCES", "ReferenceSet", "heat", "maps_of", "overlay", "reference_for"]
 
 METHODS = ("gradient", "input-gradient", "integrated", "occlusion")
 REFERENCES = ("nearest", "mean")
 
 
-def reference_for(x: Tensor, references: Tensor, kind: str) -> Tensor:
+class ReferenceSet:
+    """Reference images, with what finding the nearest one needs computed once.
+
+    ``references`` (n_references, C, H, W): floats in [0, 1]. :meth:`nearest` finds each
+    image's nearest reference in pixels (Euclidean) by one float64 matrix-vector product
+    per image, so the answer for an image is the same arithmetic alone or in any batch.
+    """
+
+    def __init__(self, references: Tensor):
+        self.images = references
+        self.flat = references.flatten(1).double()
+        self.squared_norms = (self.flat * self.flat).sum(dim=1)
+
+    def nearest(self, x: Tensor) -> Tensor:
+        """Return the nearest reference of each image of ``x`` (batch_size, C, H, W)."""
+        rows = x.flatten(1).double()
+        # |x - r|^2 = |x|^2 - 2 x.r + |r|^2, and |x|^2 is the same for every r
+        found = [(self.squared_norms - 2 * (self.flat @ row)).argmin() for row in rows]
+        return self.images[torch.stack(found)]
+
+    def mean(self, x: Tensor) -> Tensor:
+        """Return the mean reference image for each image of ``x``."""
+        return self.images.mean(dim=0, keepdim=True).expand_as(x)
+
+
+def reference_for(x: Tensor, references, kind: str) -> Tensor:
     """Return each image's reference: the nearest of ``references`` in pixels, or their mean.
 
-    ``x`` (batch_size, C, H, W) and ``references`` (n_references, C, H, W) are floats in
-    [0, 1] on one device.
+    ``x`` (batch_size, C, H, W) and ``references`` (n_references, C, H, W, or a
+    :class:`ReferenceSet` of them) are floats in [0, 1] on one device.
     """
-    if kind == "mean":
-        return references.mean(dim=0, keepdim=True).expand_as(x)
-    distances = torch.cdist(x.flatten(1).double(), references.flatten(1).double())
-    return references[distances.argmin(dim=1)]
+    if not isinstance(references, ReferenceSet):
+        references = ReferenceSet(references)
+    return references.mean(x) if kind == "mean" else references.nearest(x)
 
 
 def maps_of(module, x: Tensor, reference: Tensor, method: str, steps: int = 8,

@@ -746,6 +746,7 @@ BLOCKS = {
     "files-cpu": ("files", None),
     "budget-cpu": ("budget", budget_block),
     "gpu-check": ("gpu_check", None),
+    "maps-cpu-2min": ("maps", None),
     "throughput-precision-cpu": ("throughput", lambda throughput: throughput.precision_text(
         committed("throughput-precision-cpu"))),
 }  # fmt: skip
@@ -942,3 +943,32 @@ def test_synthetic_anomalies_change_only_their_masks_on_the_object(monkeypatch):
         assert on_object.mean() > 0.9, kind
         again, _ = maps.synthetic_anomalies(normal, others, kind, seed=0)
         np.testing.assert_array_equal(again, images)  # reproducible from the seed
+
+
+def test_the_maps_benchmark_runs_end_to_end_resumes_and_renders_its_table(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import maps
+
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    (tmp_path / "README.md").write_text("")
+    monkeypatch.setattr(maps, "ROOT", tmp_path)
+    monkeypatch.setitem(maps.PRESETS, "cpu-frontier",
+                        dict(base_width=2, batch_size=8, n_test_augmentations=2))  # fmt: skip
+    run = dict(minutes=0.05, classes=(0, 1), kinds=("blob",), methods=("gradient",),
+               deletion_images=4, images=6, data=str(tmp_path), out=str(tmp_path / "m.json"),
+               write_readme=True)  # fmt: skip
+    results = maps.main(**run)
+    assert [row["class"] for row in results["rows"]] == [0, 1] and results["images"] == 6
+    for row in results["rows"]:
+        blob = row["kinds"]["blob"]
+        assert set(blob["maps"]) == {"gradient (nearest)", "gradient (mean)", "|x - mean|",
+                                     "|x - nearest|", "random"}  # fmt: skip
+        assert 0 < blob["mask_pixels"] < 0.2  # discs of radius 2 or 4 in 28x28 images
+        assert set(blob["seconds"]) == {"score_samples", "gradient (nearest)", "gradient (mean)"}
+        assert all("deletion" in found for found in blob["maps"].values())
+    block = (tmp_path / "README.md").read_text()
+    assert "on the first 6 of each class's 1000 normal test images" in block
+    assert "| gradient (nearest) |" in block and "**Partial:** classes 0, 1 only." in block
+    before = (tmp_path / "m.json").read_text()
+    assert maps.main(**{**run, "write_readme": False}) == results  # nothing left to run
+    assert (tmp_path / "m.json").read_text() == before

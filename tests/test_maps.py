@@ -12,7 +12,7 @@ from PIL import Image
 
 from con2 import load
 from con2.cli import main
-from con2.maps import METHODS, REFERENCES, heat, maps_of, overlay
+from con2.maps import METHODS, REFERENCES, ReferenceSet, heat, maps_of, overlay
 
 
 def centre_textures(n: int, seed: int = 0) -> np.ndarray:
@@ -284,3 +284,14 @@ def test_the_gradient_map_is_the_regional_gain_times_the_change():
     np.testing.assert_allclose(pixel, gain, rtol=1e-6)
     with pytest.raises(ValueError, match="odd number"):
         maps_of(Quadratic(centre), x, reference, "gradient", smooth=4)
+
+
+def test_the_nearest_reference_is_the_euclidean_nearest_alone_or_in_a_batch():
+    generator = torch.Generator().manual_seed(0)
+    references = torch.rand(50, 1, 5, 5, generator=generator)
+    x = torch.rand(7, 1, 5, 5, generator=generator)
+    found = ReferenceSet(references).nearest(x)
+    expected = torch.cdist(x.flatten(1).double(), references.flatten(1).double()).argmin(dim=1)
+    assert torch.equal(found, references[expected])
+    alone = torch.cat([ReferenceSet(references).nearest(x[i : i + 1]) for i in range(7)])
+    assert torch.equal(alone, found)
