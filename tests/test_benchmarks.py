@@ -776,8 +776,15 @@ def test_each_readme_block_regenerates_from_the_committed_results(name, monkeypa
 # The scripts whose tables a rerun continues (the others measure afresh every run).
 RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calibration.py")
 # What a committed table lacks for its own command: the frontier study is partial, as its
-# README block says (class 5 has no "batch 512" fit on seed 0).
-UNFINISHED = {("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1}
+# README block says (class 5 has no "batch 512" fit on seed 0), and so is the bfloat16
+# accuracy check.
+UNFINISHED = {
+    ("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1,
+    # bfloat16 at float32's epochs: stopped after class 2 seed 0 (benchmarks/README.md says so)
+    ("oneclass-cpu-frontier-6min-bfloat16-float32-epochs.json",
+     "--preset cpu-frontier --minutes 6 --classes 2 5 6 --seeds 0 1 --contexts vflip "
+     "--n-train all --precision bfloat16 --epochs-of float32"): 10,
+}  # fmt: skip
 
 
 def committed_commands():
