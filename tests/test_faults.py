@@ -67,6 +67,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(folder, mod
     assert time.perf_counter() - started < 60  # 500 epochs were not trained first
 
 
+def test_an_output_without_write_permission_is_refused(tmp_path, monkeypatch):
+    from con2 import _persistence
+
+    # root may write anywhere, so the permission the check asks about is taken away here
+    denied = {tmp_path / "locked"}
+    real = os.access
+
+    def access(path, mode):
+        return Path(path) not in denied and real(path, mode)
+
+    monkeypatch.setattr(_persistence.os, "access", access)
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(PermissionError, match=r"the model \(--out\) .*locked/m.con2 cannot be"):
+        _persistence.check_output(tmp_path / "locked" / "m.con2", "the model (--out)")
+    _persistence.check_output(tmp_path / "m.con2", "the model (--out)")  # allowed: no error
+
+
 def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_reading(tmp_path):
     det = tiny_detector(checkpoint_path=tmp_path / "nodir" / "run.ckpt")
     with pytest.raises(ValueError, match=r"folder of checkpoint_path.*does not exist"):
