@@ -296,7 +296,8 @@ def readme_text(results) -> str:
     ]
     for name in table["pixel_auroc"]:
         cost = f"{ratio[name]:.1f}x" if name in ratio else "-"
-        lines.append(f"| {name} | {100 * table['pixel_auroc'][name]:.1f} | "
+        cell = name.replace("|", r"\|")  # a pipe inside a cell ends it
+        lines.append(f"| {cell} | {100 * table['pixel_auroc'][name]:.1f} | "
                      f"{100 * table['aupro'][name]:.1f} | {table['deletion'][name]:.2f} | "
                      f"{cost} |")  # fmt: skip
     default = f"{DEFAULT_METHOD} (nearest)"

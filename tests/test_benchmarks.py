@@ -822,6 +822,20 @@ def test_each_committed_table_rerun_by_its_own_command_runs_only_what_it_lacks(
 def test_the_readme_summaries_quote_the_committed_numbers():
     """The top-level README's summaries are written by hand: their numbers must be these."""
     text = (BENCHMARKS.parent / "README.md").read_text()
+    maps_rows = committed("maps-cpu-2min")["rows"]
+
+    def mean_of(name, metric):  # over the kinds, then over the classes, in %
+        kinds = [row["kinds"].values() for row in maps_rows]
+        return 100 * np.mean([np.mean([kind["maps"][name][metric] for kind in each])
+                              for each in kinds])  # fmt: skip
+
+    summary = " ".join(readme_block(text, "maps-summary").split())
+    for name in ("gradient (nearest)", "|x - nearest|", "|x - mean|"):
+        quoted = f"{mean_of(name, 'pixel_auroc'):.1f} / {mean_of(name, 'aupro'):.1f}"
+        assert quoted in summary, (name, quoted)
+    cost = np.mean([kind["seconds"]["gradient (nearest)"] / kind["seconds"]["score_samples"]
+                    for row in maps_rows for kind in row["kinds"].values()])  # fmt: skip
+    assert f"{cost:.1f} times" in summary
     rows = committed("calibration-cpu")["rows"].values()
     table = readme_block(text, "calibration-summary").splitlines()
     for rule, label in (("nnd leave-one-out", "`nnd`, leave-one-out"),
