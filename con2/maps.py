@@ -61,6 +61,7 @@ class ReferenceSet:
         self.images = references
         self.flat = references.flatten(1).double()
         self.squared_norms = (self.flat * self.flat).sum(dim=1)
+        self.mean_image = references.mean(dim=0, keepdim=True)
 
     def nearest(self, x: Tensor) -> Tensor:
         """Return the nearest reference of each image of ``x`` (batch_size, C, H, W)."""
@@ -71,7 +72,7 @@ class ReferenceSet:
 
     def mean(self, x: Tensor) -> Tensor:
         """Return the mean reference image for each image of ``x``."""
-        return self.images.mean(dim=0, keepdim=True).expand_as(x)
+        return self.mean_image.expand_as(x)
 
 
 def reference_for(x: Tensor, references, kind: str) -> Tensor:
