@@ -22,9 +22,12 @@ from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import apply_context
 
 
-def normalize(x: Tensor) -> Tensor:
-    """Map floats in [0, 1] to [-1, 1], the input range of the network."""
-    return (x - 0.5) / 0.5
+def normalize(x: Tensor, in_place: bool = False) -> Tensor:
+    """Map floats in [0, 1] to [-1, 1], the input range of the network.
+
+    ``in_place`` overwrites ``x`` (the same arithmetic, without a new tensor).
+    """
+    return x.sub_(0.5).div_(0.5) if in_place else (x - 0.5) / 0.5
 
 
 def context_images(x: Tensor, contexts: tuple) -> Tensor:
@@ -78,7 +81,7 @@ class TestTimeViews:
         images = stacked.view(len(self.contexts) + 1, batch_size, *x.shape[1:])
         views = images[self.view_contexts].flatten(0, 1)
         params = self.params.map(lambda t: _per_image(t, batch_size))
-        return normalize(self.augment.apply(views, params))
+        return normalize(self.augment.apply(views, params), in_place=True)  # a new tensor
 
 
 def _per_image(t: Tensor, batch_size) -> Tensor:

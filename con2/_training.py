@@ -60,9 +60,15 @@ def make_views(
     context_labels : Tensor of shape (n_views,), long
     instance_labels : Tensor of shape (n_views,), long
     """
-    stacked = context_images(x, contexts).repeat(2, 1, 1, 1)
-    params = augment.sample(stacked.shape[0], tuple(x.shape[-2:]), random)
-    views = normalize(augment.apply(stacked, params))
+    stacked = context_images(x, contexts)
+    n = stacked.shape[0]
+    params = augment.sample(2 * n, tuple(x.shape[-2:]), random)
+    # One draw at a time, never a copy of the stack per draw: each intermediate is half the
+    # views' size (below glibc's 32 MiB limit at 128 px, where larger blocks are mapped
+    # afresh, page by page, on every step), and the views are the same, bit for bit.
+    draws = [augment.apply(stacked, params.map(lambda t, d=d: t[d * n : (d + 1) * n]))
+             for d in range(2)]  # fmt: skip
+    views = normalize(torch.cat(draws), in_place=True)
     return views, *view_labels(x.shape[0], len(contexts) + 1, offset, x.device)
 
 

@@ -187,11 +187,11 @@ class SimCLRAugment:
         Tensor of shape (batch_size, n_channels, height, width)
             Floats in [0, 1].
         """
-        x = _resized_crop(x, params.crop, params.flip)
-        x = _color_jitter(x, params)
+        x = _resized_crop(x, params.crop, params.flip)  # a new tensor: ours to update
+        x = _color_jitter(x, params, in_place=True)
         if x.shape[1] == 3 and _selecting(x):  # the chosen images only (see _color_jitter)
             chosen = torch.nonzero(params.gray).flatten()
-            x[chosen] = _grayscale(x[chosen]).expand(-1, 3, -1, -1)
+            x.index_copy_(0, chosen, _grayscale(x.index_select(0, chosen)).expand(-1, 3, -1, -1))
         elif x.shape[1] == 3:
             x = torch.where(params.gray[:, None, None, None], _grayscale(x).expand_as(x), x)
         return x
@@ -292,21 +292,22 @@ def _grayscale(x: Tensor) -> Tensor:
     return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
-def _color_jitter(x: Tensor, params: AugmentParams) -> Tensor:
+def _color_jitter(x: Tensor, params: AugmentParams, in_place: bool = False) -> Tensor:
     """Brightness, contrast, saturation and hue in each image's own random order.
 
     Slot ``k`` applies, to every image, the operation ``order[:, k]`` names for it.
     Saturation and hue do nothing to 1-channel images, as in torchvision, so they are
     skipped there. Eagerly on the CPU each operation runs on the images that take it in
-    that slot (a quarter of them); elsewhere every operation runs on every image and a
-    ``where`` picks, because selecting images would wait for the device (and has no
-    exportable shape). Each image's arithmetic is the same either way, so are the
-    results, bit for bit.
+    that slot (a quarter of them), which are gathered with ``index_select`` and written
+    back with ``index_copy_`` (``in_place``: into ``x`` itself, a tensor the caller
+    owns); elsewhere every operation runs on every image and a ``where`` picks, because
+    selecting images would wait for the device (and has no exportable shape). Each
+    image's arithmetic is the same either way, so are the results, bit for bit.
     """
     n_ops = 4 if x.shape[1] == 3 else 2
     factors = params.factors[:, :, None, None, None].to(x.dtype)
     cpu = _selecting(x)
-    if cpu:
+    if cpu and not in_place:
         x = x.clone()  # updated in place below: each image by one operation per slot
     for slot in range(4):
         op = params.order[:, slot]
@@ -314,7 +315,8 @@ def _color_jitter(x: Tensor, params: AugmentParams) -> Tensor:
             for index in range(n_ops):
                 chosen = torch.nonzero(params.jitter & (op == index)).flatten()
                 if len(chosen):
-                    x[chosen] = _JITTER_OPS[index](x[chosen], factors[chosen, index])
+                    done = _JITTER_OPS[index](x.index_select(0, chosen), factors[chosen, index])
+                    x.index_copy_(0, chosen, done)
             continue
         out = x
         for index in range(n_ops):
@@ -339,13 +341,15 @@ def _saturation(x: Tensor, f: Tensor) -> Tensor:
 
 def _hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue of RGB images by ``shift`` (a fraction of a turn), via HSV."""
-    maxc, _ = x.max(dim=1, keepdim=True)
-    minc, _ = x.min(dim=1, keepdim=True)
+    r, g, b = x.split(1, dim=1)
+    # Elementwise over the three channels: exactly x.max(dim=1), at a fraction of the cost
+    # of a reduction over a strided dimension of three.
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
     value = maxc
     delta = maxc - minc
     saturation = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
     safe = delta.clamp_min(1e-12)
-    r, g, b = x.split(1, dim=1)
     rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
     hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     hue = torch.where(delta > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
