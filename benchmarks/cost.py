@@ -11,6 +11,7 @@ existed took the epoch time from the difference of a 1-epoch and a longer fit.)
 
     python benchmarks/cost.py                    # the README's cost table
     python benchmarks/cost.py --group frontier   # the candidates of the frontier study
+    python benchmarks/cost.py --group precision  # cpu-frontier in float32 and bfloat16
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ GROUPS = {
         "firm": dict(base_width=8, batch_size=64, objective="firm", context=None),
     },
 }
+# The same in bfloat16 (objectives.py --precision bfloat16 prices its epochs with it).
+GROUPS["objectives-bfloat16"] = {name: {**settings, "precision": "bfloat16"}
+                                 for name, settings in GROUPS["objectives"].items()}  # fmt: skip
 SETTINGS = GROUPS["defaults"]
 
 

@@ -56,8 +56,13 @@ SCORERS = ("nnd", "lh", "own")
 
 def epochs_of(objective: str, minutes: float, precision: str = "float32",
               costs: Path | None = None) -> int:  # fmt: skip
-    """Epochs of ``objective`` that ``minutes`` per class buy (see the module docstring)."""
-    costs = costs or RESULTS / "cost-cpu-objectives.json"
+    """Epochs of ``objective`` that ``minutes`` per class buy (see the module docstring).
+
+    The objectives' costs relative to Con2's come from ``cost.py --group objectives``, or
+    ``--group objectives-bfloat16`` for a ``precision`` of bfloat16.
+    """
+    suffix = "" if precision == "float32" else f"-{precision}"
+    costs = costs or RESULTS / f"cost-cpu-objectives{suffix}.json"
     rows = json.loads(costs.read_text())["rows"]
     con2 = epochs_for("cpu-frontier", minutes, costs.parent / "cost-cpu-frontier.json", precision)
     ratio = rows["con2"]["seconds_per_epoch_6000"] / rows[objective]["seconds_per_epoch_6000"]

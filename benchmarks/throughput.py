@@ -28,6 +28,7 @@ and 128 px RGB images, with one and two threads:
 
     python benchmarks/throughput.py --width 64 --write-readme
     python benchmarks/throughput.py --precision-table --write-readme
+    python benchmarks/throughput.py --views-table --write-readme   # that share alone
 """
 
 from __future__ import annotations
@@ -489,6 +490,61 @@ def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), width
     return results.data
 
 
+def views_main(out=None, write_readme=False, threads=(1, 2), widths=PRECISION_WIDTHS) -> dict:
+    """Share of a bfloat16 step at 128 px RGB spent making the views, per width and threads.
+
+    The measurement of the precision table's last column alone (:func:`views_share`),
+    to follow the views' cost without measuring the whole table again. Saved in
+    ``results/throughput-views-cpu.json``.
+    """
+    path = Path(out) if out else ROOT / "results" / "throughput-views-cpu.json"
+    identity = {"table": "views", "image": "128 px RGB", "threads": list(threads),
+                "widths": list(widths), "torch": torch.__version__}  # fmt: skip
+    results = ResultsFile(path, identity, rows="dict")
+    results.start_run(command_line("throughput.py", ("--views-table", True)),
+                      device=torch.device("cpu"))  # fmt: skip
+    saved = torch.get_num_threads()
+    try:
+        for count, width in itertools.product(threads, widths):
+            key = f"w{width} {count}t"
+            if results.has(key, "profile"):
+                continue
+            torch.set_num_threads(count)
+            batch = step_batch(width, 128)
+            row = {"width": width, "threads": count, "batch": batch,
+                   "profile": views_share(width, 3, 128, batch)}  # fmt: skip
+            results.add(key, None, row)
+            print(json.dumps(row), flush=True)
+    finally:
+        torch.set_num_threads(saved)
+    results.finish()
+    if write_readme:
+        render_block(ROOT / "README.md", "throughput-views-cpu", views_text(results.data))
+    return results.data
+
+
+def views_text(r) -> str:
+    """Return the README block of the views table: milliseconds per part of a step."""
+    rows = sorted(r["rows"].values(), key=lambda row: (row["threads"], row["width"]))
+    parts = ["views", "forward", "loss", "backward", "optimizer"]
+    lines = [
+        f"{run_header(r)}, torch {r['torch']}; a bfloat16 `Con2Detector` fit at 128 px RGB "
+        "(context vflip: 4 views per image), milliseconds per step by `torch.profiler` "
+        "range.",
+        "",
+        *command_lines(r),
+        "",
+        "| width | threads | images | " + " | ".join(parts) + " | views' share |",
+        "|---|---|---|" + "---|" * (len(parts) + 1),
+    ]  # fmt: skip
+    for row in rows:
+        ms = row["profile"]["ms"]
+        lines.append(f"| {row['width']} | {row['threads']} | {row['batch']} | "
+                     + " | ".join(f"{ms.get(k, 0):.0f}" for k in parts)
+                     + f" | {100 * row['profile']['views_share']:.0f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def native_bfloat16() -> str:
     """Return the CPU flags that say bfloat16 is computed in hardware (/proc/cpuinfo's)."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -647,6 +703,11 @@ if __name__ == "__main__":
         action="store_true",
         help="float32 against bfloat16 on the CPU (see the docstring)",
     )
+    parser.add_argument(
+        "--views-table",
+        action="store_true",
+        help="the views' share of a 128 px RGB step (see views_main)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the precision table")
     parser.add_argument("--precision-case", default=None, help=argparse.SUPPRESS)
     add_options(parser, "out", "write-readme")
@@ -654,6 +715,8 @@ if __name__ == "__main__":
     case = options.pop("precision_case")
     if case:  # one case, in a process of its own
         print(json.dumps(precision_case(json.loads(case))))
+    elif options.pop("views_table"):
+        views_main(options["out"], options["write_readme"])
     elif options.pop("precision_table"):
         precision_main(options["out"], options["write_readme"], options["rounds"])
     else:

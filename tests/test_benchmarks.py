@@ -323,6 +323,20 @@ def test_the_precision_table_saves_each_case_and_a_rerun_measures_only_the_missi
         readme.read_text())  # fmt: skip
 
 
+def test_the_views_table_profiles_a_real_fit_and_writes_its_share(benchmarks, tmp_path):
+    _, throughput, readme = benchmarks
+    out = tmp_path / "v.json"
+    result = throughput.views_main(str(out), write_readme=True, threads=(1,), widths=(2,))
+    row = result["rows"]["w2 1t"]
+    parts = row["profile"]["ms"]
+    assert set(parts) == {"views", "forward", "loss", "backward", "optimizer"}
+    assert all(ms > 0 for ms in parts.values())
+    assert row["profile"]["views_share"] == pytest.approx(parts["views"] / sum(parts.values()))
+    share = f"{100 * row['profile']['views_share']:.0f}% |"
+    assert f"| 2 | 1 | {row['batch']} | " in readme.read_text() and share in readme.read_text()
+    assert throughput.views_main(str(out), threads=(1,), widths=(2,)) == result  # all there
+
+
 def test_cost_separates_epochs_from_the_fixed_cost_of_a_fit(benchmarks, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import cost
@@ -903,6 +917,24 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     again = objectives.main(**{**run, "write_readme": False})  # a finished table: nothing runs
     assert again == results
     assert (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text() == before
+
+
+def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    def write(name, rows):
+        rows = {k: {"seconds_per_epoch_6000": v} for k, v in rows.items()}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+
+    write("cost-cpu-frontier", {"w8 b64": 6.0})  # float32: 10 epochs a minute
+    write("cost-cpu-precision", {"w8 b64": 6.0, "w8 b64 bf16": 3.0})  # bfloat16: 20
+    write("cost-cpu-objectives", {"con2": 4.0, "csi": 8.0})  # float32 costs: unused below
+    write("cost-cpu-objectives-bfloat16", {"con2": 4.0, "csi": 16.0})
+    monkeypatch.setattr(objectives, "RESULTS", tmp_path)
+    assert objectives.epochs_of("con2", 1, "bfloat16") == 20
+    assert objectives.epochs_of("csi", 1, "bfloat16") == 5  # a quarter of Con2's
+    assert objectives.epochs_of("csi", 1) == 5  # float32: 10 x 4 / 8
 
 
 @pytest.mark.slow
