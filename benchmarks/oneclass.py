@@ -22,6 +22,7 @@ several runs (an interrupted run loses at most the fit in progress). A context
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -281,6 +282,7 @@ def readme_text(results) -> str:
         "",
         table(results),
         *partial_note(results),
+        *precision_comparison(results),
         "",
         "`check_context` on each class's training images (distinctiveness: 0.5 = invisible, "
         "1 = always told apart; alignment: rank correlation of distances; a context passes "
@@ -288,6 +290,56 @@ def readme_text(results) -> str:
         "",
         check_table(results),
     ])  # fmt: skip
+
+
+def precision_comparison(results) -> list:
+    """Lines comparing a table trained at float32's epochs in another precision with float32.
+
+    Each fit beside the float32 fit of the same class, seed and configuration (from the
+    float32 table of the same preset and minutes), and each precision's seed-to-seed spread.
+    """
+    suffix = f"-{results['settings'].get('precision')}-float32-epochs"
+    if not results["name"].endswith(suffix):
+        return []
+    path = ROOT / "results" / f"{results['name'].removesuffix(suffix)}.json"
+    other = {(r["class"], r["seed"]): r for r in json.loads(path.read_text())["rows"]}
+    precision = results["settings"]["precision"]
+    lines = ["", f"Each fit beside the float32 fit of the same class and seed at the same epochs "
+             f"(`{path.name}`), AUROC in %:", "",
+             f"| class | seed | configuration | nnd {precision} | nnd float32 | lh {precision} "
+             "| lh float32 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    differences = {"nnd": [], "lh": []}
+    for row in results["rows"]:
+        mine = other.get((row["class"], row["seed"]), {})
+        for name in configurations([row]):
+            if name not in mine:
+                continue
+            cells = []
+            for scorer in ("nnd", "lh"):
+                a, b = row[name][scorer], mine[name][scorer]
+                differences[scorer].append(a - b)
+                cells += [f"{100 * a:.1f}", f"{100 * b:.1f}"]
+            lines.append(f"| {row['class']} {FASHION_MNIST_CLASSES[row['class']]} | "
+                         f"{row['seed']} | {name} | " + " | ".join(cells) + " |")  # fmt: skip
+    if not differences["nnd"]:
+        return lines
+
+    def spread(rows, scorer):  # largest - smallest over the seeds of a class, mean over classes
+        by_class = {}
+        for row in rows:
+            for name in configurations([row]):
+                by_class.setdefault((row["class"], name), []).append(row[name][scorer])
+        found = [max(v) - min(v) for v in by_class.values() if len(v) > 1]
+        return f"{100 * np.mean(found):.2f}" if found else "not measured"
+
+    lines += ["", f"Difference {precision} - float32, mean (largest in size) over these fits, "
+              "against the seed-to-seed spread of each precision (largest - smallest over the "
+              "seeds of a class, mean over the classes): " + "; ".join(
+                  f"{scorer} {100 * np.mean(d):+.2f} ({100 * max(d, key=abs):+.2f}), spread "
+                  f"{precision} {spread(results['rows'], scorer)}, float32 "
+                  f"{spread(other.values(), scorer)}" for scorer, d in differences.items())
+              + " points."]  # fmt: skip
+    return lines
 
 
 def render_readme(results) -> None:

@@ -748,13 +748,15 @@ def budget_block(budget) -> str:
 # committed in benchmarks/results/ (each under its block's name, except budget.py's).
 BLOCKS = {
     **{name: ("oneclass", None) for name in
-       ("oneclass-cpu", "oneclass-cpu-vflip", "oneclass-frontier")},
+       ("oneclass-cpu", "oneclass-cpu-vflip", "oneclass-frontier",
+        "oneclass-cpu-frontier-6min-bfloat16-float32-epochs")},
     **{name: ("throughput", None) for name in ("throughput-cpu-w16", "throughput-cpu-w64")},
     "sweep-cpu": ("sweep", None),
     "frontier-study": ("frontier", None),
     "hard-classes": ("hard_classes", None),
     "probe": ("probe", None),
     "calibration-cpu": ("calibration", None),
+    "calibration-cpu-bfloat16": ("calibration", None),
     "deploy-cpu": ("deploy", None),
     "scaling-cpu": ("scaling", None),
     "files-cpu": ("files", None),
@@ -763,6 +765,8 @@ BLOCKS = {
     "maps-cpu-2min": ("maps", None),
     "throughput-precision-cpu": ("throughput", lambda throughput: throughput.precision_text(
         committed("throughput-precision-cpu"))),
+    "throughput-views-cpu": ("throughput", lambda throughput: throughput.views_text(
+        committed("throughput-views-cpu"))),
 }  # fmt: skip
 
 
@@ -794,10 +798,6 @@ RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calib
 # accuracy check.
 UNFINISHED = {
     ("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1,
-    # bfloat16 at float32's epochs: stopped after class 2 (benchmarks/README.md says so)
-    ("oneclass-cpu-frontier-6min-bfloat16-float32-epochs.json",
-     "--preset cpu-frontier --minutes 6 --classes 2 5 6 --seeds 0 1 --contexts vflip "
-     "--n-train all --precision bfloat16 --epochs-of float32"): 8,
 }  # fmt: skip
 
 
@@ -859,6 +859,18 @@ def test_the_readme_summaries_quote_the_committed_numbers():
         means = [np.mean([row[rule]["test"][c] for row in rows]) for c in ("0.01", "0.05", "0.1")]
         line = next(line for line in table if line.startswith(f"| {label}"))
         assert line.endswith(" | ".join(["", *(f"{m:.3f}" for m in means)]) + " |")
+    summary = " ".join(readme_block(text, "precision-summary").split())
+    bf16 = committed("oneclass-cpu-frontier-6min-bfloat16-float32-epochs")["rows"]
+    f32 = {(r["class"], r["seed"]): r for r in committed("oneclass-cpu-frontier-6min")["rows"]}
+    pairs = [(r["vflip"], f32[r["class"], r["seed"]]["vflip"]) for r in bf16]
+    assert len(pairs) == 6
+    differences = [np.mean([a[s] - b[s] for a, b in pairs]) for s in ("nnd", "lh")]
+    assert ("mean difference {:+.1f} points for `nnd` and {:+.1f} for `lh`".format(
+        *(100 * d for d in differences))) in summary  # fmt: skip
+    rows = committed("calibration-cpu-bfloat16")["rows"].values()
+    ratios = [np.mean([row["lh leave-one-out"]["test"][c] for row in rows]) / float(c)
+              for c in ("0.01", "0.05", "0.1")]  # fmt: skip
+    assert "leave-one-out: {:.2f}, {:.2f} and {:.2f} times".format(*ratios) in summary
     deploy = committed("deploy-cpu")["rows"]
     summary = " ".join(readme_block(text, "deploy-cpu-summary").split())
     speed = {k: f"{v:.0f}" for k, v in deploy["nnd"]["images_per_s"].items()}
@@ -917,6 +929,30 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     again = objectives.main(**{**run, "write_readme": False})  # a finished table: nothing runs
     assert again == results
     assert (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text() == before
+
+
+def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks, tmp_path):
+    oneclass, _, _ = benchmarks
+    (tmp_path / "bench" / "results").mkdir()
+
+    def row(cls, seed, nnd, lh):
+        return {"class": cls, "seed": seed, "vflip": {"nnd": nnd, "lh": lh}, "LOF": 0.5}
+
+    float32 = [row(2, 0, 0.90, 0.80), row(2, 1, 0.92, 0.81), row(5, 0, 0.70, 0.60)]
+    (tmp_path / "bench" / "results" / "oneclass-p-6min.json").write_text(
+        json.dumps({"rows": float32}))  # fmt: skip
+    rows = [row(2, 0, 0.91, 0.80), row(2, 1, 0.95, 0.79), row(7, 0, 0.5, 0.5)]
+    bf16 = {"name": "oneclass-p-6min-bfloat16-float32-epochs",
+            "settings": {"precision": "bfloat16"}, "rows": rows}  # fmt: skip
+    lines = oneclass.precision_comparison(bf16)
+    assert "| 2 Pullover | 1 | vflip | 95.0 | 92.0 | 79.0 | 81.0 |" in lines
+    assert not any(line.startswith("| 7 ") for line in lines)  # no float32 fit to compare
+    # differences nnd +1, +3 (mean +2); lh 0, -2 (mean -1); spreads over class 2's seeds
+    assert lines[-1].endswith(
+        "nnd +2.00 (+3.00), spread bfloat16 4.00, float32 2.00; "
+        "lh -1.00 (-2.00), spread bfloat16 1.00, float32 1.00 points."
+    )
+    assert oneclass.precision_comparison({**bf16, "name": "oneclass-p-6min-bfloat16"}) == []
 
 
 def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monkeypatch):
