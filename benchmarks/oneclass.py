@@ -39,6 +39,7 @@ from _harness import (
     parse_options,
     render_block,
     run_header,
+    write_json,
 )
 from _protocol import (  # noqa: F401 - epochs_for and PRESET_COST_ROW: this script's API too
     BASELINES,
@@ -128,10 +129,31 @@ def main(
         results.add((cls, seed), None if name == "pixels" else name, result)
         print(f"class {cls} seed {seed} {summary(name, result)}; {clock.tick(name, seconds)}",
               flush=True)  # fmt: skip
+    if epochs_of == "float32" and precision != "float32":
+        keep_float32_fits(results, ROOT / "results" / f"oneclass-{preset}-{minutes:g}min.json")
     final = results.finish()
     if write_readme:
         render_readme(final)
     return final
+
+
+def keep_float32_fits(results: ResultsFile, path: Path) -> None:
+    """Copy the AUROCs of the float32 table ``path`` into ``results``, for the comparison.
+
+    The README block of a table trained at float32's epochs shows each fit beside the
+    float32 fit of the same class and seed (:func:`precision_comparison`); its results
+    file holds them so that the block comes from that file alone. Derived data, not a
+    run: the file is rewritten only when they changed.
+    """
+    if not path.exists():
+        return
+    rows = [{"class": r["class"], "seed": r["seed"],
+             **{c: {s: r[c][s] for s in ("nnd", "lh")} for c in configurations([r])}}
+            for r in json.loads(path.read_text())["rows"]]  # fmt: skip
+    kept = {"file": path.name, "rows": rows}
+    if results.data.get("float32_fits") != kept:
+        results.data["float32_fits"] = kept
+        write_json(results.path, results.data)
 
 
 def is_done(results: ResultsFile, unit: tuple) -> bool:
@@ -295,17 +317,17 @@ def readme_text(results) -> str:
 def precision_comparison(results) -> list:
     """Lines comparing a table trained at float32's epochs in another precision with float32.
 
-    Each fit beside the float32 fit of the same class, seed and configuration (from the
-    float32 table of the same preset and minutes), and each precision's seed-to-seed spread.
+    Each fit beside the float32 fit of the same class, seed and configuration (the rows
+    :func:`keep_float32_fits` copied from the float32 table of the same preset and
+    minutes), and each precision's seed-to-seed spread.
     """
-    suffix = f"-{results['settings'].get('precision')}-float32-epochs"
-    if not results["name"].endswith(suffix):
+    if "float32_fits" not in results:
         return []
-    path = ROOT / "results" / f"{results['name'].removesuffix(suffix)}.json"
-    other = {(r["class"], r["seed"]): r for r in json.loads(path.read_text())["rows"]}
+    kept = results["float32_fits"]
+    other = {(r["class"], r["seed"]): r for r in kept["rows"]}
     precision = results["settings"]["precision"]
     lines = ["", f"Each fit beside the float32 fit of the same class and seed at the same epochs "
-             f"(`{path.name}`), AUROC in %:", "",
+             f"(`{kept['file']}`), AUROC in %:", "",
              f"| class | seed | configuration | nnd {precision} | nnd float32 | lh {precision} "
              "| lh float32 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     differences = {"nnd": [], "lh": []}

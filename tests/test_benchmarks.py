@@ -933,18 +933,24 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
 
 def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks, tmp_path):
     oneclass, _, _ = benchmarks
-    (tmp_path / "bench" / "results").mkdir()
 
     def row(cls, seed, nnd, lh):
         return {"class": cls, "seed": seed, "vflip": {"nnd": nnd, "lh": lh}, "LOF": 0.5}
 
-    float32 = [row(2, 0, 0.90, 0.80), row(2, 1, 0.92, 0.81), row(5, 0, 0.70, 0.60)]
-    (tmp_path / "bench" / "results" / "oneclass-p-6min.json").write_text(
-        json.dumps({"rows": float32}))  # fmt: skip
-    rows = [row(2, 0, 0.91, 0.80), row(2, 1, 0.95, 0.79), row(7, 0, 0.5, 0.5)]
-    bf16 = {"name": "oneclass-p-6min-bfloat16-float32-epochs",
-            "settings": {"precision": "bfloat16"}, "rows": rows}  # fmt: skip
-    lines = oneclass.precision_comparison(bf16)
+    float32 = tmp_path / "oneclass-p-6min.json"
+    float32.write_text(json.dumps({"rows": [row(2, 0, 0.90, 0.80), row(2, 1, 0.92, 0.81),
+                                            row(5, 0, 0.70, 0.60)]}))  # fmt: skip
+    path = tmp_path / "oneclass-p-6min-bfloat16-float32-epochs.json"
+    results = oneclass.ResultsFile(path, {"settings": {"precision": "bfloat16"}})
+    for r in (row(2, 0, 0.91, 0.80), row(2, 1, 0.95, 0.79), row(7, 0, 0.5, 0.5)):
+        results.add_row((r["class"], r["seed"]), vflip=r["vflip"])
+    results.save()
+    oneclass.keep_float32_fits(results, float32)
+    saved = json.loads(path.read_text())  # the comparison comes from this file alone
+    assert saved["float32_fits"]["rows"][1] == {"class": 2, "seed": 1,
+                                                "vflip": {"nnd": 0.92, "lh": 0.81}}  # fmt: skip
+    lines = oneclass.precision_comparison(saved)
+    assert "(`oneclass-p-6min.json`)" in lines[1]
     assert "| 2 Pullover | 1 | vflip | 95.0 | 92.0 | 79.0 | 81.0 |" in lines
     assert not any(line.startswith("| 7 ") for line in lines)  # no float32 fit to compare
     # differences nnd +1, +3 (mean +2); lh 0, -2 (mean -1); spreads over class 2's seeds
@@ -952,7 +958,11 @@ def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks,
         "nnd +2.00 (+3.00), spread bfloat16 4.00, float32 2.00; "
         "lh -1.00 (-2.00), spread bfloat16 1.00, float32 1.00 points."
     )
-    assert oneclass.precision_comparison({**bf16, "name": "oneclass-p-6min-bfloat16"}) == []
+    before = path.stat().st_mtime_ns
+    oneclass.keep_float32_fits(results, float32)  # unchanged: the file is not rewritten
+    assert path.stat().st_mtime_ns == before
+    assert oneclass.precision_comparison({k: v for k, v in saved.items()
+                                          if k != "float32_fits"}) == []  # fmt: skip
 
 
 def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monkeypatch):
