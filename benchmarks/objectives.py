@@ -13,7 +13,9 @@ Each fit is scored by ``nnd`` and ``lh`` on one set of embeddings (as ``oneclass
 and by the objective's own score where it has one (``own``: CSI's score, FIRM's mean
 cosine to the 5 nearest training images); Con2 trains with the ``vflip`` context, the
 others without one. Results go to ``results/objectives-cpu-<minutes>min.json`` as each
-fit finishes; the same command continues an interrupted table.
+fit finishes; the same command continues an interrupted table. ``--con2-from`` copies
+Con2's fits from a ``oneclass.py`` table of the very same setting instead of training
+them again.
 
     python benchmarks/objectives.py --minutes 6 --classes 0 1 2 3 4 5 6 7 8 9 --seeds 0
 """
@@ -84,8 +86,15 @@ def run_unit(cls: int, seed: int, objective: str, settings: dict, data) -> tuple
 def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple = (0,),
          objectives: tuple = tuple(OBJECTIVES), precision: str = "float32",
          data: str | None = None, out: str | None = None, write_readme: bool = False,
-         dask: str | None = None) -> dict:  # fmt: skip
-    """Run what the results file does not hold yet; return (and save) all of it."""
+         dask: str | None = None, con2_from: str | None = None) -> dict:  # fmt: skip
+    """Run what the results file does not hold yet; return (and save) all of it.
+
+    ``con2_from``: a ``oneclass.py`` results file of the same setting (its ``vflip``
+    fits): Con2's fits are copied from it instead of trained again, each marked with the
+    file's name. Its settings and training images must be this table's Con2 setting, or
+    nothing is copied (an error says why); the same fit on the same machine and thread
+    count gives the same AUROCs, bit for bit, so only the time is saved.
+    """
     base = {**PRESETS["cpu-frontier"],
             **({"precision": precision} if precision != "float32" else {})}  # fmt: skip
     epochs = {name: epochs_of(name, minutes, precision) for name in objectives}
@@ -94,12 +103,15 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
                           {"settings": base, "minutes": minutes})  # fmt: skip
     todo = [(c, s, o) for c in classes for s in seeds for o in objectives
             if not results.has((c, s), o)]  # fmt: skip
-    print(f"{len(todo)} fits to run; epochs {epochs}", flush=True)
     results.start_run(command_line(
         "objectives.py", ("--minutes", float(minutes)), ("--classes", classes),
         ("--seeds", seeds), ("--objectives", objectives),
         ("--precision", None if precision == "float32" else precision), ("--out", out),
+        ("--con2-from", con2_from),
     ))  # fmt: skip
+    if con2_from and "con2" in objectives:
+        todo = copy_con2_fits(results, todo, Path(con2_from), {**base, "n_epochs": epochs["con2"]})
+    print(f"{len(todo)} fits to run; epochs {epochs}", flush=True)
     calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data) for c, s, o in todo]
     started, n_parallel = time.perf_counter(), parallel_fits(dask)
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
@@ -113,6 +125,23 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
     if write_readme:
         render_block(ROOT / "README.md", final["name"], readme_text(final))
     return final
+
+
+def copy_con2_fits(results: ResultsFile, todo: list, path: Path, settings: dict) -> list:
+    """Record the Con2 fits of ``todo`` that the oneclass table ``path`` holds; the rest."""
+    table = json.loads(path.read_text())
+    if table["settings"] != settings or table["n_train"] is not None:
+        raise ValueError(f"{path.name} trained {table['settings']} on n_train="
+                         f"{table['n_train']}; Con2 here is {settings} on all images")  # fmt: skip
+    found = {(r["class"], r["seed"]): r["vflip"] for r in table["rows"] if "vflip" in r}
+    left = []
+    for cls, seed, objective in todo:
+        if objective == "con2" and (cls, seed) in found:
+            results.add((cls, seed), "con2", {**found[cls, seed], "n_epochs": settings["n_epochs"],
+                                              "copied_from": path.name})  # fmt: skip
+        else:
+            left.append((cls, seed, objective))
+    return left
 
 
 def scores(row: dict, objective: str) -> dict:
@@ -168,6 +197,10 @@ def readme_text(results) -> str:
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
     means = [np.mean(list(table[o].values())) for o in objectives]
     lines.append("| **mean** | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    copied = sorted({r["con2"]["copied_from"] for r in rows if "copied_from" in r.get("con2", {})})
+    if copied:
+        lines += ["", f"Con2's fits are those of `{'`, `'.join(copied)}` (the same setting, "
+                  "trained once, copied by `--con2-from`)."]  # fmt: skip
     if len(classes) < len(FASHION_MNIST_CLASSES):
         lines += ["", f"**Partial:** classes {', '.join(map(str, classes))} only."]
     lines += ["", *shirts_text(rows, objectives, best)]
@@ -203,5 +236,11 @@ if __name__ == "__main__":
     parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES),
                         default=list(OBJECTIVES))  # fmt: skip
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--con2-from",
+        default=None,
+        metavar="JSON",
+        help="copy Con2's fits from this oneclass.py table of the same setting",
+    )
     add_options(parser, "data", "out", "write-readme", "dask")
     main(**parse_options(parser))

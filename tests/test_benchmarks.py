@@ -965,6 +965,39 @@ def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks,
                                           if k != "float32_fits"}) == []  # fmt: skip
 
 
+def test_objectives_copy_con2_fits_of_the_same_setting_only(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    (tmp_path / "results").mkdir()
+    costs = {"rows": {k: {"seconds_per_epoch_6000": 4.0} for k in objectives.OBJECTIVES}}
+    (tmp_path / "results" / "cost-cpu-frontier.json").write_text(
+        json.dumps({"rows": {"w8 b64": {"seconds_per_epoch_6000": 6.0}}}))  # fmt: skip
+    (tmp_path / "results" / "cost-cpu-objectives.json").write_text(json.dumps(costs))
+    (tmp_path / "README.md").write_text("")
+    monkeypatch.setattr(objectives, "ROOT", tmp_path)
+    monkeypatch.setattr(objectives, "RESULTS", tmp_path / "results")
+    preset = dict(base_width=2, batch_size=8, n_test_augmentations=4)
+    monkeypatch.setitem(objectives.PRESETS, "cpu-frontier", preset)
+    fit = {"nnd": 0.25, "lh": 0.5, "per_anomaly": {}, "fit_seconds": 1.0}
+    table = {"settings": {**preset, "n_epochs": 2}, "n_train": None,
+             "rows": [{"class": 0, "seed": 0, "vflip": fit}]}  # fmt: skip
+    source = tmp_path / "oneclass-toy.json"
+    source.write_text(json.dumps(table))
+    run = dict(minutes=0.2, classes=(0, 1), seeds=(0,), objectives=("con2",),
+               data=str(tmp_path), con2_from=str(source), write_readme=True)  # fmt: skip
+    results = objectives.main(**run)
+    copied, trained = (row["con2"] for row in results["rows"])
+    assert copied == {**fit, "n_epochs": 2, "copied_from": "oneclass-toy.json"}
+    assert "copied_from" not in trained and trained["nnd"] > 0.9  # class 1: trained here
+    assert "Con2's fits are those of `oneclass-toy.json`" in (tmp_path / "README.md").read_text()
+    source.write_text(json.dumps({**table, "settings": {**preset, "n_epochs": 3}}))
+    with pytest.raises(ValueError, match="n_epochs': 3"):  # another setting: nothing copied
+        objectives.main(**{**run, "out": str(tmp_path / "other.json")})
+    assert not (tmp_path / "other.json").exists()
+
+
 def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import objectives
