@@ -3,12 +3,14 @@
 Reads one-class result files made with ``oneclass.py --minutes M`` (one per budget) and
 plots, for every file whose table covers all ten classes, the mean AUROC over the classes
 against the measured training time per class (the mean of the fits' ``fit_seconds``),
-with the budget the epochs were priced at as a label. Measured points only: nothing is
-interpolated or extrapolated. The plot goes to ``figures/budget-cpu.png`` and the table
-into ``README.md``.
+with the budget the epochs were priced at as a label; one curve per training precision
+(a table trained in bfloat16 says so in its settings). A table trained at another
+precision's epochs (``--epochs-of``) compares precisions at equal epochs, not budgets,
+and is no point. Measured points only: nothing is interpolated or extrapolated. The
+plot goes to ``figures/budget-cpu.png`` and the table into ``README.md``.
 
     python benchmarks/budget.py benchmarks/results/oneclass-frontier.json \
-        benchmarks/results/oneclass-cpu-frontier-*min.json --write-readme
+        benchmarks/results/oneclass-cpu-frontier-*min*.json --write-readme
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
     found = []
     for path in paths:
         results = json.loads(Path(path).read_text())
+        if "--epochs-of" in results.get("command", ""):
+            continue  # equal epochs in another precision: not a budget
         kept = [r for r in results["rows"] if seeds is None or r["seed"] in seeds]
         rows = [r for r in kept if config in r]
         classes = sorted({r["class"] for r in rows})
@@ -45,6 +49,7 @@ def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
         baseline = [r for r in kept if "IsolationForest" in r]
         found.append({
             "file": Path(path).name,
+            "precision": results["settings"].get("precision", "float32"),
             "epochs": results["settings"]["n_epochs"],
             "budget_minutes": _budget(results),
             "measured_minutes": float(np.mean([r[config]["fit_seconds"] for r in rows]) / 60),
@@ -82,18 +87,23 @@ def plot(found: list, path: Path, title: str, scorer: str = "lh") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    x = [p["measured_minutes"] for p in found]
-    y = [100 * p["mean_auroc"] for p in found]
-    ax.plot(x, y, "o-", color="tab:blue", label=f"Con2 ({scorer}), mean over the 10 classes")
-    ax.plot(x, [100 * p["other_scorer"] for p in found], "s--", color="tab:blue", alpha=0.5,
-            markersize=4, label=f"Con2 ({other}), same fits")  # fmt: skip
+    colours = {"float32": "tab:blue", "bfloat16": "tab:orange"}
+    for precision in dict.fromkeys(p["precision"] for p in found):
+        mine = [p for p in found if p["precision"] == precision]
+        x = [p["measured_minutes"] for p in mine]
+        y = [100 * p["mean_auroc"] for p in mine]
+        colour = colours.get(precision, "tab:green")
+        ax.plot(x, y, "o-", color=colour,
+                label=f"Con2 {precision} ({scorer}), mean over the 10 classes")  # fmt: skip
+        ax.plot(x, [100 * p["other_scorer"] for p in mine], "s--", color=colour, alpha=0.5,
+                markersize=4, label=f"Con2 {precision} ({other}), same fits")  # fmt: skip
+        for p, xi, yi in zip(mine, x, y, strict=True):
+            ax.annotate(f"{p['epochs']} epochs", (xi, yi), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)  # fmt: skip
     forest = [p["isolation_forest"] for p in found if p["isolation_forest"] is not None]
     if forest:  # the same for every budget: it does not train
         ax.axhline(100 * float(np.mean(forest)), color="tab:gray", linestyle=":",
                    label="IsolationForest on pixels")  # fmt: skip
-    for p, xi, yi in zip(found, x, y, strict=True):
-        ax.annotate(f"{p['epochs']} epochs", (xi, yi), textcoords="offset points", xytext=(4, -12),
-                    fontsize=8)  # fmt: skip
     ax.set_xlabel("training minutes per class (measured)")
     ax.set_ylabel("mean AUROC (%)")
     ax.set_title(title, fontsize=10)
@@ -127,14 +137,15 @@ def readme_text(found: list, config: str, scorer: str, figure: Path, seeds=None)
         f"table (`{command_line('budget.py', (None, paths), ('--seeds', seeds))}`). AUROC in "
         "%, mean over the classes.",
         "",
-        f"| priced budget (min) | epochs | measured training min per class | {scorer} | "
-        f"worst class ({scorer}) | {other} | IsolationForest | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| precision | priced budget (min) | epochs | measured training min per class | "
+        f"{scorer} | worst class ({scorer}) | {other} | IsolationForest | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in found:
+    for p in sorted(found, key=lambda p: (p["precision"] != "float32", p["measured_minutes"])):
         budget = "-" if p["budget_minutes"] is None else f"{p['budget_minutes']:g}"
         forest = "-" if p["isolation_forest"] is None else f"{100 * p['isolation_forest']:.1f}"
-        lines.append(f"| {budget} | {p['epochs']} | {p['measured_minutes']:.1f} | "
+        lines.append(f"| {p['precision']} | {budget} | {p['epochs']} | "
+                     f"{p['measured_minutes']:.1f} | "
                      f"{100 * p['mean_auroc']:.1f} | {100 * p['worst_class_auroc']:.1f} | "
                      f"{100 * p['other_scorer']:.1f} | {forest} | {p['seeds']} |")  # fmt: skip
     try:

@@ -643,15 +643,33 @@ def test_budget_curve_is_drawn_from_complete_tables_only(benchmarks, tmp_path, m
         path.write_text(json.dumps({"settings": {"n_epochs": epochs}, "rows": rows,
                                     "command": command}))  # fmt: skip
         files.append(str(path))
+    table = json.loads(Path(files[1]).read_text())  # the 5-minute table in bfloat16
+    bf16 = {
+        **table,
+        "settings": {"n_epochs": 25, "precision": "bfloat16"},
+        "rows": [{**r, "vflip": {**r["vflip"], "lh": 0.96}} for r in table["rows"]],
+    }
+    (tmp_path / "b5.json").write_text(json.dumps(bf16))
+    # and at float32's epochs: precisions compared at equal epochs, no budget
+    (tmp_path / "e5.json").write_text(json.dumps({**bf16, "command": bf16["command"]
+                                                  + " --epochs-of float32"}))  # fmt: skip
+    files += [str(tmp_path / "b5.json"), str(tmp_path / "e5.json")]
     found = budget.main(tuple(files), out=str(tmp_path / "curve.png"), write_readme=True)
-    assert [p["budget_minutes"] for p in found] == [1, 5]  # the 9-class table is no point
+    assert [(p["budget_minutes"], p["precision"]) for p in found] == [
+        (1, "float32"),
+        (5, "float32"),
+        (5, "bfloat16"),
+    ]  # the 9-class table is no point
     assert found[1]["mean_auroc"] == pytest.approx(0.9345) and found[0]["epochs"] == 3
     assert found[0]["isolation_forest"] == pytest.approx(0.91)
     assert found[1]["isolation_forest"] is None and found[1]["other_scorer"] == 0.5
     assert (tmp_path / "curve.png").stat().st_size > 5000
     text = readme.read_text()
-    assert "| 1 | 3 | 1.0 | 90.5 | 90.0 | 50.0 | 91.0 | [0] |" in text
-    assert "| 5 | 15 | 5.0 | 93.5 | 93.0 | 50.0 | - | [0] |" in text and "curve.png" in text
+    assert "| float32 | 1 | 3 | 1.0 | 90.5 | 90.0 | 50.0 | 91.0 | [0] |" in text
+    assert "| float32 | 5 | 15 | 5.0 | 93.5 | 93.0 | 50.0 | - | [0] |" in text
+    assert "| bfloat16 | 5 | 25 | 5.0 | 96.0 | 96.0 | 50.0 | - | [0] |" in text
+    assert "curve.png" in text
+    files = files[:3]
 
     # A second seed on one class moves that class's mean unless the curve keeps seed 0.
     table = json.loads(Path(files[1]).read_text())
