@@ -64,8 +64,9 @@ def make_views(
     n = stacked.shape[0]
     params = augment.sample(2 * n, tuple(x.shape[-2:]), random)
     # One draw at a time, never a copy of the stack per draw: each intermediate is half the
-    # views' size (below glibc's 32 MiB limit at 128 px, where larger blocks are mapped
-    # afresh, page by page, on every step), and the views are the same, bit for bit.
+    # views' size (48 images of 128 px RGB: under glibc's 32 MiB threshold, above which
+    # blocks are mapped afresh, page by page, on every step), and the views are the same,
+    # bit for bit.
     draws = [augment.apply(stacked, params.map(lambda t, d=d: t[d * n : (d + 1) * n]))
              for d in range(2)]  # fmt: skip
     views = normalize(torch.cat(draws), in_place=True)
