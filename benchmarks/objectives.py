@@ -90,10 +90,11 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
     """Run what the results file does not hold yet; return (and save) all of it.
 
     ``con2_from``: a ``oneclass.py`` results file of the same setting (its ``vflip``
-    fits): Con2's fits are copied from it instead of trained again, each marked with the
-    file's name. Its settings and training images must be this table's Con2 setting, or
-    nothing is copied (an error says why); the same fit on the same machine and thread
-    count gives the same AUROCs, bit for bit, so only the time is saved.
+    fits; a bare name is looked up in ``results/``): Con2's fits are copied from it
+    instead of trained again, each marked with the file's name. Its settings and training
+    images must be this table's Con2 setting, or nothing is copied (an error says why);
+    the same fit on the same machine and thread count gives the same AUROCs, bit for bit,
+    so only the time is saved.
     """
     base = {**PRESETS["cpu-frontier"],
             **({"precision": precision} if precision != "float32" else {})}  # fmt: skip
@@ -110,7 +111,8 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
         ("--con2-from", con2_from),
     ))  # fmt: skip
     if con2_from and "con2" in objectives:
-        todo = copy_con2_fits(results, todo, Path(con2_from), {**base, "n_epochs": epochs["con2"]})
+        source = Path(con2_from) if Path(con2_from).exists() else RESULTS / con2_from
+        todo = copy_con2_fits(results, todo, source, {**base, "n_epochs": epochs["con2"]})
     print(f"{len(todo)} fits to run; epochs {epochs}", flush=True)
     calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data) for c, s, o in todo]
     started, n_parallel = time.perf_counter(), parallel_fits(dask)

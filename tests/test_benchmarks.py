@@ -1001,10 +1001,17 @@ def test_objectives_copy_con2_fits_of_the_same_setting_only(tmp_path, monkeypatc
     fit = {"nnd": 0.25, "lh": 0.5, "per_anomaly": {}, "fit_seconds": 1.0}
     table = {"settings": {**preset, "n_epochs": 2}, "n_train": None,
              "rows": [{"class": 0, "seed": 0, "vflip": fit}]}  # fmt: skip
-    source = tmp_path / "oneclass-toy.json"
+    source = tmp_path / "results" / "oneclass-toy.json"
     source.write_text(json.dumps(table))
-    run = dict(minutes=0.2, classes=(0, 1), seeds=(0,), objectives=("con2",),
-               data=str(tmp_path), con2_from=str(source), write_readme=True)  # fmt: skip
+    run = dict(
+        minutes=0.2,
+        classes=(0, 1),
+        seeds=(0,),
+        objectives=("con2",),
+        data=str(tmp_path),
+        con2_from=source.name,
+        write_readme=True,
+    )  # in results/
     results = objectives.main(**run)
     copied, trained = (row["con2"] for row in results["rows"])
     assert copied == {**fit, "n_epochs": 2, "copied_from": "oneclass-toy.json"}
