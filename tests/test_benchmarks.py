@@ -757,7 +757,10 @@ def readme_block(text: str, name: str) -> str:
 
 def budget_block(budget) -> str:
     """budget.py's block, from the files its committed command names (seed 0)."""
-    names = [f"oneclass-cpu-frontier-{m}min.json" for m in (1, 2, 6)] + ["oneclass-frontier.json"]
+    names = [f"oneclass-cpu-frontier-{m}min.json" for m in (1, 2, 6)] + [
+        "oneclass-frontier.json",
+        "oneclass-cpu-frontier-6min-bfloat16.json",
+    ]
     found = budget.points([str(RESULTS / n) for n in names], "vflip", "lh", (0,))
     return budget.readme_text(found, "vflip", "lh", BENCHMARKS / "figures" / "budget-cpu.png", (0,))
 
