@@ -540,7 +540,7 @@ def views_text(r) -> str:
     for row in rows:
         ms = row["profile"]["ms"]
         lines.append(f"| {row['width']} | {row['threads']} | {row['batch']} | "
-                     + " | ".join(f"{ms.get(k, 0):.0f}" for k in parts)
+                     + " | ".join(f"{ms[k]:.0f}" for k in parts)
                      + f" | {100 * row['profile']['views_share']:.0f}% |")  # fmt: skip
     return "\n".join(lines)
 
