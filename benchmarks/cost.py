@@ -12,6 +12,7 @@ existed took the epoch time from the difference of a 1-epoch and a longer fit.)
     python benchmarks/cost.py                    # the README's cost table
     python benchmarks/cost.py --group frontier   # the candidates of the frontier study
     python benchmarks/cost.py --group precision  # cpu-frontier in float32 and bfloat16
+    python benchmarks/cost.py --group objectives  # each objective (also objectives-bfloat16)
 """
 
 from __future__ import annotations
