@@ -141,6 +141,8 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
     ``"auto"`` would pick bfloat16 on some CPUs and mix two kinds of fit in one table).
     ``own_scorer`` (a scorer object: CSI's score, FIRM's 5 nearest neighbours) fits the
     detector instead of ``nnd``; its AUROC (``score_samples``) is recorded as ``"own"``.
+    ``threads``: the CPU threads torch trained with (1 on a worker of ``--dask local``),
+    of which ``fit_seconds`` are the seconds.
 
     ``settings`` may hold ``image_size``: both image sets are then resized to it first
     (bilinear, antialiased). Each count in ``view_counts`` below the fit's
@@ -179,7 +181,7 @@ def run_con2(X_train, X_test, is_normal, context, settings, seed, view_counts=()
 
     steps = det.n_epochs * (len(X_train) // min(det.batch_size, len(X_train)))
     result = {**aurocs(slice(None), calibration=True), "fit_seconds": fit_seconds,
-              "n_steps": steps}  # fmt: skip
+              "n_steps": steps, "threads": torch.get_num_threads()}  # fmt: skip
     if own_scorer is not None:
         own = det.score_samples(X_test)
         result["own"] = roc_auc_score(is_normal, own)

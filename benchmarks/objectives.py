@@ -181,8 +181,9 @@ def readme_text(results) -> str:
     lines = [
         f"{run_header(results)}; preset `cpu-frontier` "
         f"({', '.join(f'{k}={v}' for k, v in results['settings'].items() if k != 'n_epochs')})"
-        f", {results['minutes']:g} minutes of 2-thread training per class and objective "
-        f"(epochs: {', '.join(f'{o} {e}' for o, e in epochs.items())}); seeds "
+        f", the epochs {results['minutes']:g} minutes of 2-thread training buy per class "
+        f"and objective (epochs: {', '.join(f'{o} {e}' for o, e in epochs.items())}"
+        f"{threads_text(rows, objectives)}); seeds "
         f"{sorted({r['seed'] for r in rows})}. AUROC in %, mean over seeds; each objective "
         "with its best scorer over the classes (own: CSI's score, FIRM's 5 nearest).",
         "",
@@ -207,6 +208,16 @@ def readme_text(results) -> str:
         lines += ["", f"**Partial:** classes {', '.join(map(str, classes))} only."]
     lines += ["", *shirts_text(rows, objectives, best)]
     return "\n".join(lines)
+
+
+def threads_text(rows: list, objectives: list) -> str:
+    """Say how many threads the fits trained here ran on, where their rows record it."""
+    threads = sorted({r[o]["threads"] for r in rows for o in objectives
+                      if o in r and "threads" in r[o]})  # fmt: skip
+    if not threads:
+        return ""
+    counts = " or ".join(map(str, threads))
+    return f"; the fits trained here ran on {counts} thread{'s' if threads != [1] else ''} each"
 
 
 def shirts_text(rows: list, objectives: list, best: dict) -> list:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import write_idx
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -946,6 +947,9 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     block = (tmp_path / "README.md").read_text()
     assert "| class | con2 (" in block and "csi (" in block and "firm (" in block
     assert "epochs: con2 2, simclr 4, csi 1, firm 1" in block
+    threads = torch.get_num_threads()  # each fit records what its seconds are seconds of
+    assert {row[o]["threads"] for row in results["rows"] for o in row if o in epochs} == {threads}
+    assert f"ran on {threads} thread" in block
     before = (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text()
     again = objectives.main(**{**run, "write_readme": False})  # a finished table: nothing runs
     assert again == results
