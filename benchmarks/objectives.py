@@ -100,10 +100,10 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
             **({"precision": precision} if precision != "float32" else {})}  # fmt: skip
     epochs = {name: epochs_of(name, minutes, precision) for name in objectives}
     name = f"objectives-cpu-{minutes:g}min" + ("" if precision == "float32" else f"-{precision}")
-    results = ResultsFile(Path(out) if out else RESULTS / f"{name}.json",
-                          {"settings": base, "minutes": minutes})  # fmt: skip
-    todo = [(c, s, o) for c in classes for s in seeds for o in objectives
-            if not results.has((c, s), o)]  # fmt: skip
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    results = ResultsFile(path, {"settings": base, "minutes": minutes})
+    units = [(c, s, o) for c in classes for s in seeds for o in objectives]
+    todo = [(c, s, o) for c, s, o in units if not results.has((c, s), o)]
     results.start_run(command_line(
         "objectives.py", ("--minutes", float(minutes)), ("--classes", classes),
         ("--seeds", seeds), ("--objectives", objectives),
@@ -113,7 +113,8 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
     if con2_from and "con2" in objectives:
         source = Path(con2_from) if Path(con2_from).exists() else RESULTS / con2_from
         todo = copy_con2_fits(results, todo, source, {**base, "n_epochs": epochs["con2"]})
-    print(f"{len(todo)} fits to run; epochs {epochs}", flush=True)
+    print(f"{len(units) - len(todo)} of {len(units)} fits already in {path}; {len(todo)} to run;"
+          f" epochs {epochs}", flush=True)  # fmt: skip
     calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data) for c, s, o in todo]
     started, n_parallel = time.perf_counter(), parallel_fits(dask)
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
