@@ -354,8 +354,13 @@ def _name(registry: dict, obj):
 
 
 def _spec(registry: dict, obj) -> dict:
-    """Describe a built-in component as plain data: its registry name and parameters."""
-    return {"name": _name(registry, obj), "params": obj.get_params()}
+    """Describe a built-in component as plain data: its registry name and parameters.
+
+    A built-in context among the parameters (an objective's ``outliers``) is written as
+    its name, which the component takes as well.
+    """
+    params = {k: _plain(k, v) for k, v in obj.get_params().items()}
+    return {"name": _name(registry, obj), "params": params}
 
 
 def _build(registry: dict, spec: dict):

@@ -58,7 +58,7 @@ from sklearn.base import BaseEstimator, clone
 from torch import Tensor, nn
 
 from con2._compat import Interval
-from con2.contexts import Rotate90, Rotate180, Rotate270
+from con2.contexts import Rotate90, Rotate180, Rotate270, resolve_contexts
 from con2.losses import supcon_loss
 from con2.networks import ProjectionHead
 
@@ -118,17 +118,31 @@ class Con2Objective(BaseEstimator):
     context: the head phi is not built and the loss is ``L_content`` alone (SimCLR's
     instance discrimination, as :class:`SimCLRObjective`).
 
+    ``outliers`` (not in the paper: FIRM's synthetic outliers added to Con2) are
+    transforms whose views are neither a context nor the image: in both terms a view of
+    an outlier transform has one positive, its own other draw, and is a negative of every
+    other view. They are the objective's ``transforms``: their views come after the
+    detector's contexts, train the encoder and are test-time views like the others. A
+    rotation by 180 degrees is a vertical flip composed with a horizontal one, which the
+    augmentations already apply: it is no outlier beside the ``"vflip"`` context.
+
     Parameters
     ----------
     temperature : float, default=0.2
         Softmax temperature ``tau`` of both terms.
     alpha_max : float, default=1.0
         Final weight of content alignment.
+    outliers : str, ContextAugmentation, list of them or None, default=None
+        Transforms whose views are synthetic outliers (names of
+        :data:`con2.contexts.CONTEXTS` or objects), e.g. ``["rot90", "rot270"]``.
 
     References
     ----------
     Ryser et al., "Two Is Better Than One: Aligned Representation Pairs for Anomaly
     Detection", 2024. https://arxiv.org/abs/2405.18848
+
+    Lunardi et al., "Contrastive Representation Modeling for Anomaly Detection", ECAI
+    2025 (the synthetic outliers). https://arxiv.org/abs/2501.05130
 
     Examples
     --------
@@ -149,26 +163,57 @@ class Con2Objective(BaseEstimator):
     _parameter_constraints: dict = {
         "temperature": [Interval(Real, 0, None, closed="neither")],
         "alpha_max": [Interval(Real, 0, None, closed="left")],
+        "outliers": "no_validation",  # resolve_contexts says what is wrong
     }
 
-    def __init__(self, *, temperature=DEFAULT_TEMPERATURE, alpha_max=DEFAULT_ALPHA_MAX):
+    def __init__(self, *, temperature=DEFAULT_TEMPERATURE, alpha_max=DEFAULT_ALPHA_MAX,
+                 outliers=None):  # fmt: skip
         self.temperature = temperature
         self.alpha_max = alpha_max
+        self.outliers = outliers
+
+    @property
+    def transforms(self) -> tuple:
+        """The ``outliers``, resolved: context augmentations after the detector's."""
+        return resolve_contexts(self.outliers)
 
     def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
         """Head phi (``"context"``, only with a context augmentation) and head psi."""
         self._validate_params()
+        self.transforms  # noqa: B018 (an unknown outlier is refused before training)
         context = {"context": ProjectionHead(embed_dim)} if n_contexts else {}
         return {**context, "content": ProjectionHead(embed_dim)}  # phi first: its weights first
 
     def terms(self, projections, contexts, instances, anchors=None) -> dict[str, Tensor]:
         """Return the unweighted terms by name: ``"context"`` (if phi exists) and ``"content"``."""
-        found = {"content": supcon_loss(projections["content"], instances, self.temperature,
-                                        anchors)}  # fmt: skip
+        context_labels, content_labels = self._labels(contexts, instances)
+        found = {"content": supcon_loss(projections["content"], content_labels,
+                                        self.temperature, anchors)}  # fmt: skip
         if "context" in projections:
-            found["context"] = supcon_loss(projections["context"], contexts, self.temperature,
-                                           anchors)  # fmt: skip
+            found["context"] = supcon_loss(projections["context"], context_labels,
+                                           self.temperature, anchors)  # fmt: skip
         return found
+
+    def _labels(self, contexts: Tensor, instances: Tensor) -> tuple[Tensor, Tensor]:
+        """Labels of the context and content terms: an outlier view's own label per term.
+
+        A view of outlier ``o`` (of ``n_outliers``, the last context labels) of image
+        ``i`` gets ``n_views // 2 + o * stride + i`` in both terms, with ``stride =
+        n_views // (2 * (n_outliers + 1))``: no lower than the number of images (every
+        image is seen twice in at least ``n_outliers + 1`` contexts), so the labels are
+        distinct, above every context and image label and below ``n_views``, as
+        :func:`con2.losses.supcon_loss` needs, without asking the device how many
+        contexts there are.
+        """
+        n_outliers = len(self.transforms)
+        if not n_outliers:
+            return contexts, instances
+        n_views = len(contexts)
+        first = contexts.max() - (n_outliers - 1)  # the first outlier's context label
+        outlier = contexts >= first
+        stride = n_views // (2 * (n_outliers + 1))
+        own = n_views // 2 + (contexts - first) * stride + instances
+        return torch.where(outlier, own, contexts), torch.where(outlier, own, instances)
 
     def loss(self, projections, contexts, instances, progress, anchors=None) -> Tensor:
         """``L_context + alpha_max * progress * L_content``, or ``L_content`` without phi."""

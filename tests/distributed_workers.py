@@ -50,8 +50,15 @@ def no_batchnorm(image_shape):
 
 def tiny_encoder(objective="con2"):
     """An objective's heads on a network without batch norm, for 8x8 grayscale images."""
-    objective = OBJECTIVES[objective]()
+    objective = build_objective(objective)
     return Encoder(NoBatchNorm((1, 8, 8)), objective.heads(8, len(contexts_of(objective))))
+
+
+def build_objective(name):
+    """A built-in objective by name, or ``"con2-outliers"``: Con2 with rot90 and rot270."""
+    if name == "con2-outliers":
+        return Con2Objective(outliers=["rot90", "rot270"])
+    return OBJECTIVES[name]()
 
 
 def contexts_of(objective):
@@ -73,7 +80,7 @@ def step_gradients(encoder, x, indices, group=None, objective="con2"):
     Builds views and labels exactly as ``train_epoch`` does and calls ``train_step``
     with an optimizer that does not move the weights, so the gradients stay readable.
     """
-    group, objective = group or Group(), OBJECTIVES[objective]()
+    group, objective = group or Group(), build_objective(objective)
     contexts = contexts_of(objective)
     n_contexts = len(contexts) + 1
     bounds = group.bounds(len(indices))

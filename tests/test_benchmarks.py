@@ -814,7 +814,8 @@ def test_each_readme_block_regenerates_from_the_committed_results(name, monkeypa
 
 
 # The scripts whose tables a rerun continues (the others measure afresh every run).
-RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calibration.py")
+RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calibration.py",
+             "objectives.py")  # fmt: skip
 # What a committed table lacks for its own command: the frontier study is partial, as its
 # README block says (class 5 has no "batch 512" fit on seed 0), and so is the bfloat16
 # accuracy check.

@@ -33,7 +33,7 @@ def spawn(function, *args, world=2):
     mp.spawn(function, args=(world, free_port(), *args), nprocs=world, join=True)
 
 
-@pytest.mark.parametrize("objective", ["con2", "csi", "firm"])
+@pytest.mark.parametrize("objective", ["con2", "csi", "firm", "con2-outliers"])
 def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path, objective):
     torch.manual_seed(0)
     single = step_gradients(tiny_encoder(objective), tiny_batch(), torch.arange(6),

@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_detector
 from sklearn.exceptions import NotFittedError
 
-from con2 import Con2Detector, NearestNeighborScorer
+from con2 import Con2Detector, Con2Objective, NearestNeighborScorer
 from con2.export import read_metadata, scoring_module
 
 ort = pytest.importorskip("onnxruntime")
@@ -44,7 +44,13 @@ def test_onnx_runtime_matches_score_samples_and_predict(digits, tmp_path, contex
 @pytest.mark.filterwarnings("ignore:Context check failed")  # rotations of 8x8 zeros
 @pytest.mark.parametrize(
     ("objective", "scorer"),
-    [("csi", "csi"), ("firm", NearestNeighborScorer(n_neighbors=5)), ("simclr", "lh")],
+    [
+        ("csi", "csi"),
+        ("firm", NearestNeighborScorer(n_neighbors=5)),
+        ("simclr", "lh"),
+        (Con2Objective(outliers=["rot90", "rot270"]), "nnd"),
+    ],
+    ids=["csi", "firm", "simclr", "con2-outliers"],
 )
 def test_every_objective_exports_with_its_rotations_and_its_score(digits, tmp_path, objective,
                                                                   scorer):  # fmt: skip

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.utils._param_validation import InvalidParameterError
 
+import con2
 from con2 import (
     Con2Detector,
     Con2Objective,
@@ -18,7 +19,7 @@ from con2 import (
     NearestNeighborScorer,
     SimCLRObjective,
 )
-from con2.contexts import VerticalFlip
+from con2.contexts import Rotate90, Rotate270, VerticalFlip
 from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 
 
@@ -136,8 +137,8 @@ def test_objectives_refuse_a_non_positive_temperature(cls, temperature):
 
 
 def test_names_take_the_detector_settings_and_objects_carry_their_own():
-    assert resolve_objective("con2", 0.5, 2.0).get_params() == {"temperature": 0.5,
-                                                                "alpha_max": 2.0}  # fmt: skip
+    assert resolve_objective("con2", 0.5, 2.0).get_params() == {
+        "temperature": 0.5, "alpha_max": 2.0, "outliers": None}  # fmt: skip
     assert resolve_objective("simclr", 0.5, 2.0).get_params() == {"temperature": 0.5}
     given = Con2Objective(temperature=0.1)
     resolved = resolve_objective(given)
@@ -230,10 +231,69 @@ def test_firm_loss_matches_a_float64_loop_reference(n_images, tau):
     assert float(got) == pytest.approx(loop_supcon(z, firm_positive, tau), rel=1e-10)
 
 
-@pytest.mark.parametrize("objective", [Con2Objective(), CSIObjective(), FIRMObjective()])
+def con2_outlier_reference(z_phi, z_psi, contexts, instances, n_outliers, tau, weight):
+    """Con2 with outliers, enumerated: an outlier view's one positive is its other draw."""
+    first = int(contexts.max()) - n_outliers + 1
+    outlier = [int(c) >= first for c in contexts]
+
+    def same_view_pair(i, j):
+        return contexts[i] == contexts[j] and instances[i] == instances[j]
+
+    def context_positive(i, j):
+        if outlier[i] or outlier[j]:
+            return outlier[i] and same_view_pair(i, j)
+        return contexts[i] == contexts[j]
+
+    def content_positive(i, j):
+        if outlier[i] or outlier[j]:
+            return outlier[i] and same_view_pair(i, j)
+        return instances[i] == instances[j]
+
+    content = loop_supcon(z_psi, content_positive, tau)
+    if z_phi is None:
+        return content
+    return loop_supcon(z_phi, context_positive, tau) + weight * content
+
+
+@pytest.mark.parametrize("n_images", [1, 2, 3])
+@pytest.mark.parametrize(("n_contexts", "n_outliers"), [(2, 2), (2, 1), (1, 2), (3, 1)])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_con2_with_outliers_matches_a_float64_loop_reference(n_images, n_contexts, n_outliers,
+                                                              tau):  # fmt: skip
+    """``n_contexts`` counts the image itself; the outliers' views come after them."""
+    contexts, instances = labels(n_images, n_contexts + n_outliers)
+    z_phi = unit_rows(len(contexts), seed=n_images + 11)
+    z_psi = unit_rows(len(contexts), seed=n_images + 13)
+    outliers = ["rot90", "rot270"][:n_outliers]
+    objective = Con2Objective(temperature=tau, alpha_max=0.8, outliers=outliers)
+    assert list(objective.heads(8, n_contexts - 1 + n_outliers)) == ["context", "content"]
+    got = objective.loss({"context": z_phi, "content": z_psi}, contexts, instances, 0.5)
+    expected = con2_outlier_reference(z_phi, z_psi, contexts, instances, n_outliers, tau, 0.4)
+    assert float(got) == pytest.approx(expected, rel=1e-10, abs=1e-10)
+    # without phi (a user's heads): the content term alone, with the same outliers
+    alone = objective.loss({"content": z_psi}, contexts, instances, 0.5)
+    reference = con2_outlier_reference(None, z_psi, contexts, instances, n_outliers, tau, 0)
+    assert float(alone) == pytest.approx(reference, rel=1e-10, abs=1e-10)
+
+
+def test_con2_outliers_are_its_transforms_and_an_unknown_one_is_refused(tiny):
+    objective = Con2Objective(outliers=["rot90", Rotate270()])
+    assert [type(t) for t in objective.transforms] == [Rotate90, Rotate270]
+    assert objective_contexts(objective, (VerticalFlip(),))[1:] == objective.transforms
+    assert Con2Objective().transforms == ()
+    det = Con2Detector(**{**tiny, "context": "vflip"}, objective=Con2Objective(outliers="rot45"))
+    with pytest.raises(ValueError, match="Unknown context 'rot45'"):
+        det.fit("never/read")
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [Con2Objective(), Con2Objective(outliers=["rot90", "rot270"]), CSIObjective(), FIRMObjective()],
+    ids=["con2", "con2-outliers", "csi", "firm"],
+)
 def test_anchor_shards_add_up_to_the_whole_loss(objective):
     """What several processes compute (each its anchors against all views) sums to one."""
-    n_contexts = 2 if isinstance(objective, Con2Objective) else 4
+    n_contexts = 2 + len(objective.transforms) if isinstance(objective, Con2Objective) else 4
     contexts, instances = labels(3, n_contexts)
     heads = objective.heads(8, n_contexts - 1)
     torch.manual_seed(0)
@@ -243,7 +303,22 @@ def test_anchor_shards_add_up_to_the_whole_loss(objective):
     cut = len(contexts) // 3
     shards = [objective.loss(projections, contexts, instances, 0.4, anchors=part)
               for part in (slice(0, cut), slice(cut, len(contexts)))]  # fmt: skip
-    assert float(sum(shards)) == pytest.approx(float(whole), rel=1e-12)
+    assert float(sum(shards).detach()) == pytest.approx(float(whole.detach()), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Context check failed")  # vflip on 8x8 zeros
+def test_con2_trains_with_rotations_as_outliers_beside_its_context(digits, tiny, tmp_path):
+    objective = Con2Objective(outliers=["rot90", "rot270"])
+    params = {**tiny, "context": "vflip", "n_test_augmentations": 8, "random_state": 0}
+    det = Con2Detector(**params, objective=objective).fit(digits[0])
+    assert [type(c).__name__ for c in det.contexts_] == ["VerticalFlip", "Rotate90", "Rotate270"]
+    assert det.views_.view_contexts.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    scores = det.score_samples(digits[1])
+    assert roc_auc_score(digits[2], scores) > 0.8
+    det.save(tmp_path / "m.con2")  # built-in outliers travel by name
+    loaded = con2.load(tmp_path / "m.con2")
+    assert loaded.objective_.get_params()["outliers"] == ["rot90", "rot270"]
+    np.testing.assert_array_equal(loaded.score_samples(digits[1]), scores)
 
 
 def test_csi_and_firm_train_on_rotations_and_refuse_a_context(digits, tiny):
