@@ -486,6 +486,17 @@ def test_frontier_study_runs_its_fits_on_a_local_dask_cluster(toy_frontier, tmp_
 
 
 @pytest.mark.slow  # starts a local Dask cluster: worker processes
+def test_local_dask_workers_train_with_one_thread_and_glibc_s_own_mmap_threshold(monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _harness
+
+    names = ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    found = [env for _, env in _harness.fan_out(_harness.worker_environment, [names], "local")]
+    assert found == [{"OMP_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None}]
+
+
+@pytest.mark.slow  # starts a local Dask cluster: worker processes
 @pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
 def test_oneclass_fans_its_fits_out_on_a_local_dask_cluster(toy_oneclass, tmp_path, one_thread):
     pytest.importorskip("distributed")
