@@ -331,7 +331,7 @@ def fan_out(function, calls: list, dask: str | None):
     environ = dict(os.environ)
     # Dask's nanny gives its workers MALLOC_TRIM_THRESHOLD_=65536, which pins glibc's mmap
     # threshold at 128 KiB: nearly every tensor of a training step is then mapped and
-    # unmapped afresh (page faults), which made a one-thread fit 2.2-2.7x slower here.
+    # unmapped afresh (page faults), which made one-thread fits over twice as slow here.
     # Local workers start without it; a remote cluster's workers keep their own setting.
     with dask_config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
         cluster = (LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1,

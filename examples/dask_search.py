@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
+import dask
 import dask.array as da
 import joblib
 import numpy as np
@@ -49,9 +50,12 @@ def main():
     )  # fmt: skip
 
     # One worker process per CPU with one thread each: workers x threads = cores. Dask's
-    # nanny starts workers with OMP_NUM_THREADS=1, so torch runs one thread per worker.
-    cluster = None if args.scheduler else LocalCluster(
-        n_workers=os.cpu_count(), threads_per_worker=1, dashboard_address=None)  # fmt: skip
+    # nanny starts workers with OMP_NUM_THREADS=1, so torch runs one thread per worker;
+    # its MALLOC_TRIM_THRESHOLD_=65536 would pin glibc's mmap threshold and slow
+    # training (every large tensor mapped afresh), so the workers start without it.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = None if args.scheduler else LocalCluster(
+            n_workers=os.cpu_count(), threads_per_worker=1, dashboard_address=None)  # fmt: skip
     with Client(args.scheduler or cluster) as client:
         with joblib.parallel_config(backend="dask"):
             search.fit(X, labels)
