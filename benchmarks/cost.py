@@ -13,6 +13,7 @@ existed took the epoch time from the difference of a 1-epoch and a longer fit.)
     python benchmarks/cost.py --group frontier   # the candidates of the frontier study
     python benchmarks/cost.py --group precision  # cpu-frontier in float32 and bfloat16
     python benchmarks/cost.py --group objectives  # each objective (also objectives-bfloat16)
+    python benchmarks/cost.py --group objectives-outliers  # Con2 beside Con2 with outliers
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from _harness import ResultsFile, add_options, command_line, parse_options
 
-from con2 import Con2Detector
+from con2 import Con2Detector, Con2Objective
 
 ROOT = Path(__file__).resolve().parent
 GROUPS = {
@@ -64,6 +65,13 @@ GROUPS = {
         "firm": dict(base_width=8, batch_size=64, objective="firm", context=None),
     },
 }
+# Con2 with rotations by 90 and 270 degrees as synthetic outliers (8 views per image),
+# beside Con2 in the same run: objectives.py prices "con2-outliers" with it.
+GROUPS["objectives-outliers"] = {
+    "con2": dict(base_width=8, batch_size=64),
+    "con2-outliers": dict(base_width=8, batch_size=64,
+                          objective=Con2Objective(outliers=["rot90", "rot270"])),
+}  # fmt: skip
 # The same in bfloat16 (objectives.py --precision bfloat16 prices its epochs with it).
 GROUPS["objectives-bfloat16"] = {name: {**settings, "precision": "bfloat16"}
                                  for name, settings in GROUPS["objectives"].items()}  # fmt: skip
@@ -106,7 +114,7 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
             },
             **({"image_size": size} if size != 28 else {}),
             **({"context": det.context} if det.context != "vflip" else {}),
-            **({"objective": det.objective} if det.objective != "con2" else {}),
+            **({"objective": objective_name(det.objective)} if det.objective != "con2" else {}),
             **({"precision": det.precision} if det.precision != "float32" else {}),
         },
         "seconds_per_step": per_step,
@@ -115,6 +123,11 @@ def measure(settings: dict, n_train: int, n_epochs: int, n_score: int, device: s
         "fixed_seconds_per_1000_train": fixed / n_train * 1000,
         "seconds_per_1000_scored": score / n_score * 1000,
     }
+
+
+def objective_name(objective) -> str:
+    """Return a detector's ``objective`` for JSON: its name, or an object's repr."""
+    return objective if isinstance(objective, str) else repr(objective)
 
 
 def main(n_train: int = 1024, n_epochs: int = 2, n_score: int = 512, device: str = "auto",

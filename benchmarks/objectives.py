@@ -41,7 +41,7 @@ from _harness import (
 )
 from _protocol import PRESETS, RESULTS, class_images, epochs_for, fashion_mnist, run_con2
 
-from con2 import NearestNeighborScorer
+from con2 import Con2Objective, NearestNeighborScorer
 from con2.datasets import FASHION_MNIST_CLASSES
 
 ROOT = Path(__file__).resolve().parent
@@ -51,8 +51,16 @@ OBJECTIVES = {
     "simclr": (None, None),
     "csi": (None, "csi"),
     "firm": (None, "nnd5"),
+    "con2-outliers": ("vflip", None),
 }
+# The objectives from the literature, run by default; "con2-outliers" (Con2 with FIRM's
+# rotations by 90 and 270 degrees as synthetic outliers) is asked for by name.
+LITERATURE = ("con2", "simclr", "csi", "firm")
 OWN_SCORERS = {"csi": lambda: "csi", "nnd5": lambda: NearestNeighborScorer(n_neighbors=5)}
+# The detector's ``objective`` for a name that is not a built-in objective's
+OBJECTIVE_PARAMS = {"con2-outliers": lambda: Con2Objective(outliers=["rot90", "rot270"])}
+# The cost.py group that measured an objective side by side with Con2, by objective
+COST_GROUPS = {"con2-outliers": "objectives-outliers"}
 SCORERS = ("nnd", "lh", "own")
 
 
@@ -64,7 +72,7 @@ def epochs_of(objective: str, minutes: float, precision: str = "float32",
     ``--group objectives-bfloat16`` for a ``precision`` of bfloat16.
     """
     suffix = "" if precision == "float32" else f"-{precision}"
-    costs = costs or RESULTS / f"cost-cpu-objectives{suffix}.json"
+    costs = costs or RESULTS / f"cost-cpu-{COST_GROUPS.get(objective, 'objectives')}{suffix}.json"
     rows = json.loads(costs.read_text())["rows"]
     con2 = epochs_for("cpu-frontier", minutes, costs.parent / "cost-cpu-frontier.json", precision)
     ratio = rows["con2"]["seconds_per_epoch_6000"] / rows[objective]["seconds_per_epoch_6000"]
@@ -78,13 +86,14 @@ def run_unit(cls: int, seed: int, objective: str, settings: dict, data) -> tuple
     is_normal = np.where(y_test == cls, 1, -1)
     context, own = OBJECTIVES[objective]
     started = time.perf_counter()
-    result = run_con2(normal, X_test, is_normal, context, {**settings, "objective": objective},
+    param = OBJECTIVE_PARAMS.get(objective, lambda: objective)()
+    result = run_con2(normal, X_test, is_normal, context, {**settings, "objective": param},
                       seed, labels=y_test, own_scorer=own and OWN_SCORERS[own]())  # fmt: skip
     return result, time.perf_counter() - started
 
 
 def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple = (0,),
-         objectives: tuple = tuple(OBJECTIVES), precision: str = "float32",
+         objectives: tuple = LITERATURE, precision: str = "float32",
          data: str | None = None, out: str | None = None, write_readme: bool = False,
          dask: str | None = None, con2_from: str | None = None) -> dict:  # fmt: skip
     """Run what the results file does not hold yet; return (and save) all of it.
@@ -248,7 +257,7 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=6.0)
     add_options(parser, "classes", "seeds")
     parser.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES),
-                        default=list(OBJECTIVES))  # fmt: skip
+                        default=list(LITERATURE))  # fmt: skip
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument(
         "--con2-from",

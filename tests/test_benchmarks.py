@@ -949,10 +949,11 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     run = dict(minutes=0.2, classes=(0, 1), seeds=(0,), data=str(tmp_path), write_readme=True)
     results = objectives.main(**run)
     # Con2: the minutes' epochs (0.2 x 10 = 2); the others in proportion to their cost
-    epochs = {o: results["rows"][0][o]["n_epochs"] for o in objectives.OBJECTIVES}
+    epochs = {o: results["rows"][0][o]["n_epochs"] for o in objectives.LITERATURE}
     assert epochs == {"con2": 2, "simclr": 4, "csi": 1, "firm": 1}
+    assert not any("con2-outliers" in row for row in results["rows"])  # asked for by name
     for row in results["rows"]:
-        for objective in objectives.OBJECTIVES:
+        for objective in objectives.LITERATURE:
             assert row[objective]["nnd"] > 0.9 and row[objective]["lh"] > 0.9  # toy classes
         assert 0.5 < row["csi"]["own"] <= 1.0 and row["firm"]["own"] > 0.9
         assert "own" not in row["con2"] and set(row["csi"]["per_anomaly"]) == {"nnd", "lh", "own"}
@@ -1058,6 +1059,34 @@ def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monk
     assert objectives.epochs_of("con2", 1, "bfloat16") == 20
     assert objectives.epochs_of("csi", 1, "bfloat16") == 5  # a quarter of Con2's
     assert objectives.epochs_of("csi", 1) == 5  # float32: 10 x 4 / 8
+    # an objective measured beside Con2 in a group of its own is priced from that group
+    write("cost-cpu-objectives-outliers", {"con2": 5.0, "con2-outliers": 10.0})
+    assert objectives.epochs_of("con2-outliers", 1) == 5
+
+
+@pytest.mark.filterwarnings("ignore:Context check failed")  # vflip on toy images
+def test_con2_with_outliers_joins_the_table_of_its_minutes(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    toy_fashion_mnist(tmp_path, np.random.default_rng(0))
+    (tmp_path / "results").mkdir()
+    for name, rows in (
+        ("frontier", {"w8 b64": 6.0}),
+        ("objectives-outliers", {"con2": 4.0, "con2-outliers": 8.0}),
+    ):
+        rows = {k: {"seconds_per_epoch_6000": v} for k, v in rows.items()}
+        (tmp_path / "results" / f"cost-cpu-{name}.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(objectives, "ROOT", tmp_path)
+    monkeypatch.setattr(objectives, "RESULTS", tmp_path / "results")
+    monkeypatch.setitem(objectives.PRESETS, "cpu-frontier",
+                        dict(base_width=2, batch_size=8, n_test_augmentations=4))  # fmt: skip
+    results = objectives.main(minutes=0.2, classes=(0,), objectives=("con2-outliers",),
+                              data=str(tmp_path))  # fmt: skip
+    fit = results["rows"][0]["con2-outliers"]
+    assert fit["n_epochs"] == 1 and fit["nnd"] > 0.9  # half of Con2's 2 epochs; toy classes
+    assert results["command"].endswith("--objectives con2-outliers")
+    assert "| class | con2-outliers (" in objectives.readme_text(results)
 
 
 @pytest.mark.slow
