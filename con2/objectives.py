@@ -58,7 +58,7 @@ from sklearn.base import BaseEstimator, clone
 from torch import Tensor, nn
 
 from con2._compat import Interval
-from con2.contexts import Rotate90, Rotate180, Rotate270, resolve_contexts
+from con2.contexts import Rotate90, Rotate180, Rotate270, VerticalFlip, resolve_contexts
 from con2.losses import supcon_loss
 from con2.networks import ProjectionHead
 
@@ -477,4 +477,18 @@ def objective_contexts(objective, contexts: tuple) -> tuple:
             f"The objective {objective!r} has no context term, so a context augmentation "
             "would only multiply the views; pass context=None (or use objective='con2')."
         )
-    return (*contexts, *getattr(objective, "transforms", ()))
+    transforms = tuple(getattr(objective, "transforms", ()))
+    # a transform that is also a context, or a vertical flip beside a rotation by 180
+    # degrees (the same image up to a horizontal flip, which the augmentations apply)
+    kinds = {type(c) for c in contexts}
+    same = [t for t in transforms if type(t) in kinds or _TWINS.get(type(t)) in kinds]
+    if same:
+        raise ValueError(
+            f"The objective {objective!r} treats {same[0]!r} as an outlier, which the "
+            f"contexts {contexts!r} make a context (a vertical flip is a rotation by 180 "
+            "degrees up to the augmentations' horizontal flip); leave it out of one of them."
+        )
+    return (*contexts, *transforms)
+
+
+_TWINS = {VerticalFlip: Rotate180, Rotate180: VerticalFlip}

@@ -19,7 +19,7 @@ from con2 import (
     NearestNeighborScorer,
     SimCLRObjective,
 )
-from con2.contexts import Rotate90, Rotate270, VerticalFlip
+from con2.contexts import Rotate90, Rotate180, Rotate270, VerticalFlip
 from con2.objectives import OBJECTIVES, objective_contexts, resolve_objective
 
 
@@ -281,6 +281,12 @@ def test_con2_outliers_are_its_transforms_and_an_unknown_one_is_refused(tiny):
     assert [type(t) for t in objective.transforms] == [Rotate90, Rotate270]
     assert objective_contexts(objective, (VerticalFlip(),))[1:] == objective.transforms
     assert Con2Objective().transforms == ()
+    for outliers, context in (("rot180", VerticalFlip()), (["rot90"], Rotate90()),
+                              ("vflip", Rotate180())):  # fmt: skip
+        with pytest.raises(ValueError, match="as an outlier, which the contexts"):
+            objective_contexts(Con2Objective(outliers=outliers), (context,))
+    both = objective_contexts(Con2Objective(outliers="rot90"), (VerticalFlip(), Rotate180()))
+    assert [type(c) for c in both] == [VerticalFlip, Rotate180, Rotate90]  # no outlier twin
     det = Con2Detector(**{**tiny, "context": "vflip"}, objective=Con2Objective(outliers="rot45"))
     with pytest.raises(ValueError, match="Unknown context 'rot45'"):
         det.fit("never/read")
