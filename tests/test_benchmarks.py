@@ -960,6 +960,9 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     block = (tmp_path / "README.md").read_text()
     assert "| class | con2 (" in block and "csi (" in block and "firm (" in block
     assert "epochs: con2 2, simclr 4, csi 1, firm 1" in block
+    assert "| GEOM, reported | ARNet, reported |" in block and "| 0 T-shirt/top |" in block
+    assert "**mean of classes 0, 1** |" in block  # the toy table has two of the ten classes
+    assert "not run yet: con2 on classes 2, 3, 4, 5, 6, 7, 8, 9;" in block
     threads = torch.get_num_threads()  # each fit records what its seconds are seconds of
     assert {row[o]["threads"] for row in results["rows"] for o in row if o in epochs} == {threads}
     assert f"ran on {threads} thread" in block
@@ -1041,6 +1044,21 @@ def test_objectives_copy_con2_fits_of_the_same_setting_only(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="n_epochs': 3"):  # another setting: nothing copied
         objectives.main(**{**run, "out": str(tmp_path / "other.json")})
     assert not (tmp_path / "other.json").exists()
+
+
+def test_shirts_per_anomaly_come_from_each_objective_s_first_seed_that_recorded_them(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    def fit(value):
+        return {"nnd": 0.8, "lh": 0.9, "per_anomaly": {"lh": {str(k): value for k in range(10)}}}
+
+    rows = [{"class": 6, "seed": 0, "con2": {"nnd": 0.8, "lh": 0.9}, "csi": fit(0.5)},
+            {"class": 6, "seed": 1, "con2": fit(0.7), "csi": fit(0.6)}]  # fmt: skip
+    lines = objectives.shirts_text(rows, ["con2", "csi"], {"con2": "lh", "csi": "lh"})
+    assert lines[4] == "| con2 (lh) | 1 | " + " | ".join(["70.0"] * 9) + " |"
+    assert lines[5] == "| csi (lh) | 0 | " + " | ".join(["50.0"] * 9) + " |"
+    assert objectives.shirts_text(rows[:1], ["con2"], {"con2": "lh"}) == []
 
 
 def test_objectives_price_bfloat16_epochs_with_the_bfloat16_costs(tmp_path, monkeypatch):
