@@ -212,9 +212,11 @@ def readme_text(results) -> str:
     lines[-2] += "".join(f" {name}, reported |" for name in REPORTED)
     lines[-1] += "---|" * len(REPORTED)
     for cls in classes:
-        values = [table[o].get(cls) for o in objectives]
-        top = max(v for v in values if v is not None)
-        cells = ["-" if v is None else f"**{100 * v:.1f}**" if v == top else f"{100 * v:.1f}"
+        values = ["-" if v is None else f"{100 * v:.1f}"
+                  for v in (table[o].get(cls) for o in objectives)]  # fmt: skip
+        shown = [float(v) for v in values if v != "-"]
+        # the best in bold (every one shown as the best), where more than one ran
+        cells = [f"**{v}**" if len(shown) > 1 and v != "-" and float(v) == max(shown) else v
                  for v in values]  # fmt: skip
         cells += [f"{figures[cls]:.1f}" for figures in REPORTED.values()]
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
