@@ -15,7 +15,9 @@ cosine to the 5 nearest training images); Con2 trains with the ``vflip`` context
 others without one. Results go to ``results/objectives-cpu-<minutes>min.json`` as each
 fit finishes; the same command continues an interrupted table. ``--con2-from`` copies
 Con2's fits from a ``oneclass.py`` table of the very same setting instead of training
-them again.
+them again. ``--objectives con2-outliers`` adds Con2 with rotations by 90 and 270 degrees
+as synthetic outliers (``Con2Objective(outliers=["rot90", "rot270"])``, priced by ``cost.py
+--group objectives-outliers``) to the table of the same minutes.
 
     python benchmarks/objectives.py --minutes 6 --classes 0 1 2 3 4 5 6 7 8 9 --seeds 0
 """
