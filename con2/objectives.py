@@ -180,7 +180,7 @@ class Con2Objective(BaseEstimator):
     def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
         """Head phi (``"context"``, only with a context augmentation) and head psi."""
         self._validate_params()
-        self.transforms  # noqa: B018 (an unknown outlier is refused before training)
+        resolve_contexts(self.outliers)  # an unknown outlier is refused before training
         context = {"context": ProjectionHead(embed_dim)} if n_contexts else {}
         return {**context, "content": ProjectionHead(embed_dim)}  # phi first: its weights first
 
@@ -205,7 +205,10 @@ class Con2Objective(BaseEstimator):
         :func:`con2.losses.supcon_loss` needs, without asking the device how many
         contexts there are.
         """
-        n_outliers = len(self.transforms)
+        outliers = self.outliers  # counted, not resolved: this runs every step
+        n_outliers = (
+            0 if outliers is None else len(outliers) if isinstance(outliers, list | tuple) else 1
+        )
         if not n_outliers:
             return contexts, instances
         n_views = len(contexts)
