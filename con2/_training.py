@@ -26,23 +26,38 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from con2._distributed import Group
-from con2._embedding import context_images, normalize
+from con2._embedding import normalize
 from con2._input import to_float
 from con2._utils import native_bfloat16
 from con2.augment import KeyedRandom, SimCLRAugment, hash_words
+from con2.contexts import apply_context
+
+# Images per piece of the views made on the CPU: a piece's intermediates (a few MiB) are
+# reused from the heap, step after step. Whole-batch intermediates of large images (a
+# batch of 128 px RGB views is over 100 MiB) are above glibc's 32 MiB mmap threshold,
+# so each was mapped afresh and faulted in page by page on every step: 40% of the
+# views' time at 128 px (benchmarks/README.md, "Precision").
+_PIECE_BYTES = 4 * 2**20
 
 
 def make_views(
-    x: Tensor, contexts: tuple, augment: SimCLRAugment, random, offset: int = 0
+    x: Tensor,
+    contexts: tuple,
+    augment: SimCLRAugment,
+    random,
+    offset: int = 0,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Two random views of every image in every context.
 
     Context first, then T, as at test time. View order: draw, then context, then image.
+    On the CPU the views are made a few images at a time (the same views, bit for bit:
+    contexts and T act on each image on its own) and written into ``out``.
 
     Parameters
     ----------
     x : Tensor of shape (batch_size, n_channels, height, width)
-        Floats in [0, 1].
+        Canonical images (``uint8``) or floats in [0, 1]; left unchanged.
     contexts : tuple of ContextAugmentation
         May be empty (a single context).
     augment : SimCLRAugment
@@ -52,25 +67,42 @@ def make_views(
     offset : int, default=0
         Position of ``x``'s first image in the global batch: instance labels stay unique
         when several processes share a batch.
+    out : Tensor, optional
+        Where to write the views: float32, of the views' shape, on the device of ``x``,
+        in any memory format (the views come back in it). A training loop passes the
+        previous step's views, once they are no longer needed, so that no step allocates
+        them anew. By default a new contiguous tensor.
 
     Returns
     -------
     views : Tensor of shape (2 * (n_contexts + 1) * batch_size, n_channels, height, width)
-        Normalised views.
+        Normalised views (``out`` itself when given).
     context_labels : Tensor of shape (n_views,), long
     instance_labels : Tensor of shape (n_views,), long
     """
-    stacked = context_images(x, contexts)
-    n = stacked.shape[0]
+    batch_size, n = x.shape[0], (len(contexts) + 1) * x.shape[0]
+    shape = (2 * n, *x.shape[1:])
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32, device=x.device)
+    elif out.shape != shape or out.dtype != torch.float32 or out.device != x.device:
+        raise ValueError(
+            f"out must be float32 of shape {shape} on {x.device}; got {out.dtype} of shape "
+            f"{tuple(out.shape)} on {out.device}."
+        )
     params = augment.sample(2 * n, tuple(x.shape[-2:]), random)
-    # One draw at a time, never a copy of the stack per draw: each intermediate is half the
-    # views' size (48 images of 128 px RGB: under glibc's 32 MiB threshold, above which
-    # blocks are mapped afresh, page by page, on every step), and the views are the same,
-    # bit for bit.
-    draws = [augment.apply(stacked, params.map(lambda t, d=d: t[d * n : (d + 1) * n]))
-             for d in range(2)]  # fmt: skip
-    views = normalize(torch.cat(draws), in_place=True)
-    return views, *view_labels(x.shape[0], len(contexts) + 1, offset, x.device)
+    per_piece = batch_size
+    if x.device.type == "cpu":  # elsewhere one piece: a kernel launch per piece costs more
+        per_piece = max(1, _PIECE_BYTES // (4 * x[0].numel()))
+    for start in range(0, batch_size, per_piece):
+        images = to_float(x[start : start + per_piece])
+        for k, context in enumerate((None, *contexts)):
+            seen = images if context is None else apply_context(context, images)
+            for draw in range(2):
+                first = draw * n + k * batch_size + start
+                rows = slice(first, first + seen.shape[0])
+                out[rows] = augment.apply(seen, params.map(lambda t, rows=rows: t[rows]))
+    views = normalize(out, in_place=True)
+    return views, *view_labels(batch_size, len(contexts) + 1, offset, x.device)
 
 
 def view_labels(batch_size: int, n_contexts: int, offset: int, device) -> tuple[Tensor, Tensor]:
@@ -230,13 +262,18 @@ def train_epoch(encoder, optimizer, scheduler, plan: EpochPlan, epoch: int,
                                                   for a, b in bounds), strict=True)]  # fmt: skip
     n_batches = n_samples // plan.batch_size
     total = torch.zeros((), device=device)
+    # Every step writes its views where the last step's were (in the layout the steps
+    # compute in): a new batch of large views each step would be mapped and faulted in
+    # afresh (see make_views).
+    views = torch.empty((sizes[group.rank], *plan.images.shape[1:]), dtype=torch.float32,
+                        device=device, memory_format=plan.precision.memory_format)  # fmt: skip
     for index in range(n_batches):
         batch_indices = order[index * plan.batch_size : (index + 1) * plan.batch_size][start:stop]
         with record_function("con2::views"):  # gather, context, T, normalise
-            x = to_float(_fetch(plan.images, batch_indices, device))
+            x = _fetch(plan.images, batch_indices, device)
             keys = view_keys(plan.seed, epoch, batch_indices.to(device, non_blocking=True),
                              n_contexts)  # fmt: skip
-            views = make_views(x, plan.contexts, plan.augment, KeyedRandom(keys))[0]
+            views = make_views(x, plan.contexts, plan.augment, KeyedRandom(keys), out=views)[0]
         total += train_step(encoder, plan.objective, optimizer, (views, *labels),
                             next(progress), group, sizes, plan.precision)  # fmt: skip
         scheduler.step()

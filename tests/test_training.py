@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import con2._training as training_module
-from con2._training import EpochPlan, build_optimizer, train_epoch
-from con2.augment import SimCLRAugment
-from con2.contexts import VerticalFlip
+from con2._training import EpochPlan, build_optimizer, make_views, train_epoch, view_keys
+from con2.augment import KeyedRandom, SimCLRAugment
+from con2.contexts import ColorInvert, VerticalFlip
 from con2.networks import Encoder, ResNet18
 from con2.objectives import Con2Objective
 
@@ -38,6 +38,35 @@ def test_an_epoch_is_reproducible_from_its_seed():
         progress = iter(lambda: 0.5, None)
         results.append(float(train_epoch(encoder, optimizer, scheduler, plan, 0, progress)))
     assert results[0] == results[1]
+
+
+def test_views_made_a_few_images_at_a_time_are_those_of_the_whole_batch(monkeypatch):
+    images = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
+    contexts = (VerticalFlip(), ColorInvert())
+
+    def views(piece_images, out=None):
+        monkeypatch.setattr(training_module, "_PIECE_BYTES", piece_images * 4 * 3 * 12 * 12)
+        random = KeyedRandom(view_keys(0, 3, torch.arange(5), 3))
+        return make_views(images, contexts, SimCLRAugment(), random, out=out)[0]
+
+    whole = views(5)
+    out = torch.empty(30, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    pieces = views(2, out=out)  # pieces of 2, 2 and 1 images, into a channels-last tensor
+    assert pieces is out and pieces.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pieces, whole)
+    assert torch.equal(views(1), whole)
+    # the same pixels, as floats in [0, 1], give the same views
+    random = KeyedRandom(view_keys(0, 3, torch.arange(5), 3))
+    floats = make_views(images.float() / 255, contexts, SimCLRAugment(), random)[0]
+    assert torch.equal(floats, whole)
+    assert whole.amin() >= -1 and whole.amax() <= 1 and whole.std() > 0.1
+
+
+def test_views_refuse_an_out_tensor_of_another_shape():
+    random = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"out must be float32 of shape \(8, 1, 6, 6\)"):
+        make_views(torch.rand(2, 1, 6, 6), (VerticalFlip(),), SimCLRAugment(), random,
+                   out=torch.empty(4, 1, 6, 6))  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
