@@ -32,11 +32,12 @@ from con2._utils import native_bfloat16
 from con2.augment import KeyedRandom, SimCLRAugment, hash_words
 from con2.contexts import apply_context
 
-# Images per piece of the views made on the CPU: a piece's intermediates (a few MiB) are
-# reused from the heap, step after step. Whole-batch intermediates of large images (a
-# batch of 128 px RGB views is over 100 MiB) are above glibc's 32 MiB mmap threshold,
-# so each was mapped afresh and faulted in page by page on every step: 40% of the
-# views' time at 128 px (benchmarks/README.md, "Precision").
+# On the CPU, when a draw of the whole stack (every image in every context) is over
+# glibc's 32 MiB mmap threshold, its intermediates would be mapped afresh and faulted in
+# page by page on every step; the views are then made _PIECE_BYTES of images at a time,
+# whose intermediates are reused from the heap. Below it one piece is faster (fewer,
+# larger operations). Measured in benchmarks/README.md, "Precision".
+_MMAP_THRESHOLD = 32 * 2**20
 _PIECE_BYTES = 4 * 2**20
 
 
@@ -51,8 +52,8 @@ def make_views(
     """Two random views of every image in every context.
 
     Context first, then T, as at test time. View order: draw, then context, then image.
-    On the CPU the views are made a few images at a time (the same views, bit for bit:
-    contexts and T act on each image on its own) and written into ``out``.
+    On the CPU, large batches are made a few images at a time (the same views, bit for
+    bit: contexts and T act on each image on its own); the views are written into ``out``.
 
     Parameters
     ----------
@@ -90,9 +91,11 @@ def make_views(
             f"{tuple(out.shape)} on {out.device}."
         )
     params = augment.sample(2 * n, tuple(x.shape[-2:]), random)
-    per_piece = batch_size
-    if x.device.type == "cpu":  # elsewhere one piece: a kernel launch per piece costs more
-        per_piece = max(1, _PIECE_BYTES // (4 * x[0].numel()))
+    per_piece, image_bytes = batch_size, 4 * x[0].numel()
+    # Elsewhere one piece: the CUDA caching allocator reuses memory, and each piece costs
+    # kernel launches.
+    if x.device.type == "cpu" and n * image_bytes > _MMAP_THRESHOLD:
+        per_piece = max(1, _PIECE_BYTES // image_bytes)
     for start in range(0, batch_size, per_piece):
         images = to_float(x[start : start + per_piece])
         for k, context in enumerate((None, *contexts)):

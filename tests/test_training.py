@@ -45,6 +45,7 @@ def test_views_made_a_few_images_at_a_time_are_those_of_the_whole_batch(monkeypa
     contexts = (VerticalFlip(), ColorInvert())
 
     def views(piece_images, out=None):
+        monkeypatch.setattr(training_module, "_MMAP_THRESHOLD", 0)  # always in pieces
         monkeypatch.setattr(training_module, "_PIECE_BYTES", piece_images * 4 * 3 * 12 * 12)
         random = KeyedRandom(view_keys(0, 3, torch.arange(5), 3))
         return make_views(images, contexts, SimCLRAugment(), random, out=out)[0]
