@@ -36,7 +36,7 @@ from con2.contexts import apply_context
 # glibc's 32 MiB mmap threshold, its intermediates would be mapped afresh and faulted in
 # page by page on every step; the views are then made _PIECE_BYTES of images at a time,
 # whose intermediates are reused from the heap. Below it one piece is faster (fewer,
-# larger operations). Measured in benchmarks/README.md, "Precision".
+# larger operations). benchmarks/README.md, "CPU: float32 against bfloat16", says more.
 _MMAP_THRESHOLD = 32 * 2**20
 _PIECE_BYTES = 4 * 2**20
 

@@ -829,8 +829,7 @@ def test_each_readme_block_regenerates_from_the_committed_results(name, monkeypa
 RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calibration.py",
              "objectives.py")  # fmt: skip
 # What a committed table lacks for its own command: the frontier study is partial, as its
-# README block says (class 5 has no "batch 512" fit on seed 0), and so is the bfloat16
-# accuracy check; the 6-minute objectives table is still being trained.
+# README block says (class 5 has no "batch 512" fit on seed 0).
 UNFINISHED = {
     ("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1,
 }  # fmt: skip
