@@ -222,14 +222,19 @@ def readme_text(results) -> str:
                  for v in values]  # fmt: skip
         cells += [f"{figures[cls]:.1f}" for figures in REPORTED.values()]
         lines.append(f"| {cls} {FASHION_MNIST_CLASSES[cls]} | " + " | ".join(cells) + " |")
-    # every mean over the same classes: those that every objective ran on
+    # Each mean row is over the same classes for every objective in it: all ten for the
+    # objectives that ran on all ten, and those every objective ran on, if fewer.
+    every = list(range(len(FASHION_MNIST_CLASSES)))
     common = [c for c in classes if all(c in table[o] for o in objectives)]
-    means = [np.mean([table[o][c] for c in common]) for o in objectives]
-    reported = [np.mean([figures[c] for c in common]) for figures in REPORTED.values()]
-    label = "**mean**" if len(common) == len(FASHION_MNIST_CLASSES) else (
-        f"**mean of classes {', '.join(map(str, common))}**")  # fmt: skip
-    cells = [*(f"{100 * m:.1f}" for m in means), *(f"{m:.1f}" for m in reported)]
-    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for over in [every, common] if common != every else [every]:
+        if not over or (over is every and not any(set(every) <= set(table[o]) for o in objectives)):
+            continue
+        cells = [f"{100 * np.mean([table[o][c] for c in over]):.1f}"
+                 if set(over) <= set(table[o]) else "-" for o in objectives]  # fmt: skip
+        cells += [f"{np.mean([figures[c] for c in over]):.1f}" for figures in REPORTED.values()]
+        label = "**mean**" if over is every else (
+            f"**mean of classes {', '.join(map(str, over))}**")  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Ours: every objective's column, trained and scored here. Reported: the "
               "authors' per-class figures as a later paper's table quotes them (not read in "
               "their own papers; see [Literature](#literature-not-run-here)), after their "
