@@ -226,9 +226,9 @@ def readme_text(results) -> str:
     # objectives that ran on all ten, and those every objective ran on, if fewer.
     every = list(range(len(FASHION_MNIST_CLASSES)))
     common = [c for c in classes if all(c in table[o] for o in objectives)]
-    for over in [every, common] if common != every else [every]:
-        if not over or (over is every and not any(set(every) <= set(table[o]) for o in objectives)):
-            continue
+    spans = [every] if any(set(every) <= set(table[o]) for o in objectives) else []
+    spans += [common] if common and common != every else []
+    for over in spans:
         cells = [f"{100 * np.mean([table[o][c] for c in over]):.1f}"
                  if set(over) <= set(table[o]) else "-" for o in objectives]  # fmt: skip
         cells += [f"{np.mean([figures[c] for c in over]):.1f}" for figures in REPORTED.values()]
