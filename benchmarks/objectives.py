@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -189,10 +190,35 @@ def per_class(rows: list, objective: str, scorer: str) -> dict:
     return {cls: float(np.mean(values)) for cls, values in found.items()}
 
 
+def tabled(rows: list, objectives: list) -> tuple[list, dict]:
+    """Return the fits the table averages, and each objective's seeds left out of it.
+
+    An objective's classes are those of its lowest seed; another seed enters its cells
+    only once it has all of them, so that no cell averages more seeds than its neighbours
+    while a second seed is under way. Returns rows holding only the kept fits, and, by
+    objective, ``{seed: classes run so far}`` for each seed left out.
+    """
+    kept, left_out = {}, {}
+    for objective in objectives:
+        ran = {(r["class"], r["seed"]) for r in rows if objective in r}
+        first = min(seed for _, seed in ran)
+        classes = {cls for cls, seed in ran if seed == first}
+        for seed in sorted({seed for _, seed in ran}):
+            done = {cls for cls, s in ran if s == seed}
+            if classes <= done:
+                kept.update({(cls, seed, objective): True for cls in classes})
+            else:
+                left_out.setdefault(objective, {})[seed] = sorted(done)
+    table = [{"class": r["class"], "seed": r["seed"],
+              **{o: r[o] for o in objectives if (r["class"], r["seed"], o) in kept}}
+             for r in rows]  # fmt: skip
+    return [r for r in table if len(r) > 2], left_out
+
+
 def readme_text(results) -> str:
     """Return the README block: per class, each objective with its best scorer."""
-    rows = results["rows"]
-    objectives = [o for o in OBJECTIVES if any(o in r for r in rows)]
+    objectives = [o for o in OBJECTIVES if any(o in r for r in results["rows"])]
+    rows, left_out = tabled(results["rows"], objectives)
     best = best_scorers(rows, objectives)
     table = {o: per_class(rows, o, best[o]) for o in objectives}
     classes = sorted({r["class"] for r in rows})
@@ -202,8 +228,8 @@ def readme_text(results) -> str:
         f"({', '.join(f'{k}={v}' for k, v in results['settings'].items() if k != 'n_epochs')})"
         f", the epochs {results['minutes']:g} minutes of 2-thread training buy per class "
         f"and objective (epochs: {', '.join(f'{o} {e}' for o, e in epochs.items())}"
-        f"{threads_text(rows, objectives)}); seeds "
-        f"{sorted({r['seed'] for r in rows})}. AUROC in %, mean over seeds; each objective "
+        f"{threads_text(rows, objectives)}); {seeds_text(rows, objectives)}. AUROC in %, "
+        "mean over seeds; each objective "
         "with its best scorer over the classes (own: CSI's score, FIRM's 5 nearest).",
         "",
         *command_lines(results),
@@ -244,12 +270,40 @@ def readme_text(results) -> str:
     if copied:
         lines += ["", f"Con2's fits are those of `{'`, `'.join(copied)}` (the same setting, "
                   "trained once, copied by `--con2-from`)."]  # fmt: skip
-    missing = [f"{o} on classes {', '.join(str(c) for c in range(10) if c not in table[o])}"
-               for o in objectives if len(table[o]) < len(FASHION_MNIST_CLASSES)]  # fmt: skip
+    missing = [f"{o} seed {seed} on classes {', '.join(map(str, classes))}"
+               for (o, seed), classes in not_run(results, objectives).items()]  # fmt: skip
     if missing:
         lines += ["", f"**Partial:** not run yet: {'; '.join(missing)}."]
-    lines += ["", *shirts_text(rows, objectives, best)]
+    if left_out:
+        so_far = [f"{o} seed {seed} (classes {', '.join(map(str, done))})"
+                  for o, seeds in left_out.items() for seed, done in seeds.items()]  # fmt: skip
+        lines[-1] += (
+            " A seed enters an objective's column once it has all the classes of "
+            f"the objective's first seed; left out so far: {'; '.join(so_far)}."
+        )
+    lines += ["", *shirts_text(results["rows"], objectives, best)]
     return "\n".join(lines)
+
+
+def not_run(results, objectives: list) -> dict:
+    """Classes of the ten not run yet, by (objective, seed) that ran or that a command asked for."""
+    asked = {(o, seed) for r in results["rows"] for o in objectives if o in r
+             for seed in [r["seed"]]}  # fmt: skip
+    for command in results.get("commands") or [results["command"]]:
+        options = parse_options(make_parser(), shlex.split(command)[2:])
+        asked |= {(o, seed) for o in options["objectives"] for seed in options["seeds"]}
+    found = {(o, r["seed"], r["class"]) for r in results["rows"] for o in objectives if o in r}
+    order = sorted(asked, key=lambda key: (list(OBJECTIVES).index(key[0]), key[1]))
+    missing = {(o, seed): [c for c in range(10) if (o, seed, c) not in found] for o, seed in order}
+    return {key: classes for key, classes in missing.items() if classes}
+
+
+def seeds_text(rows: list, objectives: list) -> str:
+    """Name the seeds of the table: one list, or each objective's where they differ."""
+    seeds = {o: sorted({r["seed"] for r in rows if o in r}) for o in objectives}
+    if len({tuple(s) for s in seeds.values()}) == 1:
+        return f"seeds {next(iter(seeds.values()))}"
+    return "seeds " + ", ".join(f"{o} {s}" for o, s in seeds.items())
 
 
 def threads_text(rows: list, objectives: list) -> str:
@@ -263,24 +317,22 @@ def threads_text(rows: list, objectives: list) -> str:
 
 
 def shirts_text(rows: list, objectives: list, best: dict) -> list:
-    """AUROC of shirts (normal) against each anomaly class, per objective: what moved shirts.
+    """AUROC of shirts (normal) against each anomaly class, per fit: what moved shirts.
 
-    Each objective's fit of the lowest seed that recorded it (Con2's seed-0 fits were
-    copied from a table made before ``per_anomaly`` was recorded).
+    Every fit that recorded it, each row naming its seed (Con2's seed-0 fits were copied
+    from a table made before ``per_anomaly`` was recorded).
     """
     lines = []
     for objective in objectives:
         recorded = [r for r in rows if r["class"] == 6 and "per_anomaly" in r.get(objective, {})]
-        fits = sorted(recorded, key=lambda r: r["seed"])
-        if not fits:
-            continue
-        scorer = best[objective]
-        per_anomaly = fits[0][objective]["per_anomaly"]
-        # "own" is nnd where nnd is the objective's own score
-        found = per_anomaly[scorer if scorer in per_anomaly else "nnd"]
-        lines.append(f"| {objective} ({scorer}) | {fits[0]['seed']} | "
-                     + " | ".join(f"{100 * found[str(k)]:.1f}" for k in range(10) if k != 6)
-                     + " |")  # fmt: skip
+        for fit in sorted(recorded, key=lambda r: r["seed"]):
+            scorer = best[objective]
+            per_anomaly = fit[objective]["per_anomaly"]
+            # "own" is nnd where nnd is the objective's own score
+            found = per_anomaly[scorer if scorer in per_anomaly else "nnd"]
+            lines.append(f"| {objective} ({scorer}) | {fit['seed']} | "
+                         + " | ".join(f"{100 * found[str(k)]:.1f}" for k in range(10) if k != 6)
+                         + " |")  # fmt: skip
     if not lines:
         return []
     return ["Shirts (class 6) as normal, against each anomaly class alone:", "",
@@ -289,7 +341,8 @@ def shirts_text(rows: list, objectives: list, best: dict) -> list:
             "|---" * 11 + "|", *lines]  # fmt: skip
 
 
-if __name__ == "__main__":
+def make_parser() -> argparse.ArgumentParser:
+    """Return the command line's parser (also reads back the commands a table records)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=6.0)
     add_options(parser, "classes", "seeds")
@@ -302,5 +355,8 @@ if __name__ == "__main__":
         metavar="JSON",
         help="copy Con2's fits from this oneclass.py table of the same setting",
     )
-    add_options(parser, "data", "out", "write-readme", "dask")
-    main(**parse_options(parser))
+    return add_options(parser, "data", "out", "write-readme", "dask")
+
+
+if __name__ == "__main__":
+    main(**parse_options(make_parser()))
