@@ -198,7 +198,7 @@ def tabled(rows: list, objectives: list) -> tuple[list, dict]:
     while a second seed is under way. Returns rows holding only the kept fits, and, by
     objective, ``{seed: classes run so far}`` for each seed left out.
     """
-    kept, left_out = {}, {}
+    kept, left_out = set(), {}
     for objective in objectives:
         ran = {(r["class"], r["seed"]) for r in rows if objective in r}
         first = min(seed for _, seed in ran)
@@ -206,7 +206,7 @@ def tabled(rows: list, objectives: list) -> tuple[list, dict]:
         for seed in sorted({seed for _, seed in ran}):
             done = {cls for cls, s in ran if s == seed}
             if classes <= done:
-                kept.update({(cls, seed, objective): True for cls in classes})
+                kept |= {(cls, seed, objective) for cls in classes}
             else:
                 left_out.setdefault(objective, {})[seed] = sorted(done)
     table = [{"class": r["class"], "seed": r["seed"],
@@ -287,8 +287,7 @@ def readme_text(results) -> str:
 
 def not_run(results, objectives: list) -> dict:
     """Classes of the ten not run yet, by (objective, seed) that ran or that a command asked for."""
-    asked = {(o, seed) for r in results["rows"] for o in objectives if o in r
-             for seed in [r["seed"]]}  # fmt: skip
+    asked = {(o, r["seed"]) for r in results["rows"] for o in objectives if o in r}
     for command in results.get("commands") or [results["command"]]:
         options = parse_options(make_parser(), shlex.split(command)[2:])
         asked |= {(o, seed) for o in options["objectives"] for seed in options["seeds"]}
