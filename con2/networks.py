@@ -201,11 +201,13 @@ def build_encoder(backbone, base_width: int, image_shape: tuple, seed: int, head
 
     ``backbone`` is a name in :data:`BACKBONES` or a callable ``backbone(image_shape)``;
     its output is checked on a probe batch. ``heads(embed_dim)`` returns the projection
-    heads by name (an objective's, for instance). ``fork_rng`` restores torch's global
-    CPU random state afterwards.
+    heads by name (an objective's, for instance). Only the CPU generator is seeded (the
+    weights are drawn on the CPU), and ``fork_rng`` restores it afterwards: the global
+    random state of every device is left as it was (``torch.manual_seed`` would also
+    reseed CUDA's, which ``fork_rng(devices=[])`` does not restore).
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         if isinstance(backbone, str):
             net = BACKBONES[backbone](image_shape, base_width)
         else:

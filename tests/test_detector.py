@@ -60,7 +60,9 @@ def test_same_random_state_gives_bitwise_identical_scores(digits, tiny):
     assert not np.array_equal(det.score_samples(test), other.score_samples(test))
 
 
-def test_fit_leaves_global_random_state_and_threads_alone(digits, tiny):
+def test_fit_leaves_global_random_state_and_threads_alone(digits, tiny, monkeypatch):
+    reseeded = []  # the CUDA generators: fork_rng(devices=[]) would not restore them
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
     torch_state = torch.get_rng_state()
     numpy_state = np.random.get_state()[1].copy()  # noqa: NPY002 - the global state is the subject
     threads = torch.get_num_threads()
@@ -68,6 +70,7 @@ def test_fit_leaves_global_random_state_and_threads_alone(digits, tiny):
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state)  # noqa: NPY002
     assert torch.get_num_threads() == threads
+    assert reseeded == []
 
 
 def test_training_images_are_scored_leave_one_out(digits, tiny):
