@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from con2._embedding import TestTimeViews
+from con2._input import check_value_range
 from con2._utils import move
 from con2._version import __version__
 from con2.augment import AugmentParams
@@ -56,7 +57,8 @@ class ScoringModule(nn.Module):
     offset : float
         The threshold: ``decision = score - offset``.
     value_range : tuple of float or None
-        None: the input is ``uint8`` (0..255). Otherwise floats in that range.
+        None or ``(0, 255)``: the input is ``uint8``. Otherwise ``float32`` raw values in
+        that range.
     feature_heads : tuple of str or None
         The scorer's ``heads`` (None: backbone features).
     """
@@ -78,7 +80,7 @@ class ScoringModule(nn.Module):
     @property
     def input_dtype(self) -> torch.dtype:
         """``uint8`` for 8-bit models, else ``float32`` raw values in ``value_range``."""
-        return torch.uint8 if self.value_range in (None, (0.0, 255.0)) else torch.float32
+        return _input_dtype(self.value_range)
 
     def views(self) -> TestTimeViews:
         """Return the test-time views, built on this module's buffers (and device)."""
@@ -113,6 +115,11 @@ class ScoringModule(nn.Module):
         return score, decision, label
 
 
+def _input_dtype(value_range) -> torch.dtype:
+    """Return the exported input's dtype for a validated ``value_range`` (8-bit: uint8)."""
+    return torch.uint8 if value_range in (None, (0.0, 255.0)) else torch.float32
+
+
 def scoring_module(detector, device="cpu") -> ScoringModule:
     """Build the :class:`ScoringModule` of a fitted detector, on ``device``."""
     if not hasattr(detector.scorer_, "head"):
@@ -123,7 +130,7 @@ def scoring_module(detector, device="cpu") -> ScoringModule:
     encoder, views, head = detector.encoder_, detector.views_, detector.scorer_.head()
     if torch.device(device) != detector.device_:
         encoder, head = move((encoder, head), device)
-    value_range = None if detector.value_range is None else tuple(map(float, detector.value_range))
+    value_range = check_value_range(detector.value_range)
     module = ScoringModule(encoder, views.to(torch.device(device)), head, detector.offset_,
                            value_range, getattr(detector.scorer_, "heads", None))  # fmt: skip
     return module.eval()
@@ -143,12 +150,12 @@ def metadata(detector) -> dict:
             params[key] = repr(value)
     params["scorer"] = _name(SCORERS, detector.scorer_) or repr(detector.scorer_)
     contexts = [_name(CONTEXTS, c) or repr(c) for c in detector.contexts_]
-    module_dtype = "uint8" if detector.value_range in (None, (0, 255)) else "float32"
+    module_dtype = str(_input_dtype(check_value_range(detector.value_range)))
     return {
         "con2_version": __version__,
         "parameters": json.dumps(params),
         "image_shape": json.dumps(list(detector.image_shape_)),
-        "input_dtype": module_dtype,
+        "input_dtype": module_dtype.removeprefix("torch."),
         "value_range": json.dumps(_plain("value_range", detector.value_range)),
         "contexts": json.dumps(contexts),
         "scorer": params["scorer"],

@@ -12,7 +12,7 @@ from helpers import tiny_detector
 from sklearn.exceptions import NotFittedError
 
 from con2 import Con2Detector, Con2Objective, NearestNeighborScorer
-from con2.export import read_metadata, scoring_module
+from con2.export import metadata, read_metadata, scoring_module
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -108,11 +108,16 @@ def test_models_with_a_value_range_take_raw_float_values(tmp_path):
     )
     det = tiny_detector(value_range=(0, 4095)).fit(X)
     det.export(tmp_path / "m.onnx")
-    raw = X[:4, None].astype(np.float32)
-    score, _, _ = onnx_outputs(tmp_path / "m.onnx", raw)
+    assert read_metadata(tmp_path / "m.onnx")["input_dtype"] == "float32"
     new = X[:4] // 2  # not training images: those would be scored leave-one-out
     score, _, _ = onnx_outputs(tmp_path / "m.onnx", new[:, None].astype(np.float32))
     np.testing.assert_allclose(score, det.score_samples(new), rtol=1e-4)
+
+
+def test_metadata_names_the_dtype_the_graph_takes(digits):
+    det = tiny_detector(value_range=[0, 255]).fit(digits[0])  # a list: 8-bit all the same
+    assert scoring_module(det).input_dtype == torch.uint8
+    assert metadata(det)["input_dtype"] == "uint8"
 
 
 def test_export_refuses_what_it_cannot_write(digits, tmp_path):
