@@ -119,7 +119,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         File to save the training state to every ``checkpoint_every`` epochs and at the
         end. A ``fit`` with the same data and parameters resumes from it and ends in the
         same state as an uninterrupted fit; a checkpoint of another fit is overwritten
-        (with a warning).
+        (with a warning), a file that is not a checkpoint is refused.
     checkpoint_every : int, default=10
         Epochs between checkpoints.
     cache_dir : str or path-like, default=None

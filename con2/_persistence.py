@@ -21,6 +21,7 @@ device the loading machine has.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io as _stdio
 import json
@@ -30,7 +31,7 @@ import pickle
 import shutil
 import warnings
 import zipfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -420,15 +421,27 @@ class Checkpoint:
         self.path, self.every, self.fingerprint = Path(path), every, fingerprint
 
     def load(self):
-        """Return the saved state of this fit, or None."""
-        if not self.path.exists():
+        """Return the saved state of this fit, or None.
+
+        An empty file (one made to reserve the name, say) counts as no checkpoint; a file
+        that is not a checkpoint is refused rather than overwritten: it may be the user's.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
             return None
+        not_ours = ValueError(
+            f"checkpoint_path {self.path} exists and is not a con2 checkpoint; remove it or "
+            "choose another path."
+        )
+        if not zipfile.is_zipfile(self.path):  # torch.save writes zip archives
+            raise not_ours
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ValueError(
                 f"Checkpoint {self.path} holds pickled objects; refusing to load it."
             ) from exc
+        except (EOFError, KeyError, RuntimeError) as exc:  # a zip archive of something else
+            raise not_ours from exc
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             warnings.warn(
                 f"Checkpoint {self.path} belongs to another fit (other data or settings); "
@@ -466,9 +479,8 @@ def checkpoint_for(detector, images, plan, start=None):
         digest.update(images[first : first + 1024].numpy().tobytes())
     digest.update(repr((tuple(images.shape), plan.device.type)).encode())
     digest.update(b"views keyed by image index")  # not resumable from older checkpoints
-    digest.update(repr({k: params[k] for k in keys}).encode())
-    objective = plan.objective
-    digest.update(f"{type(objective).__qualname__} {_settings(objective)}".encode())
+    digest.update(repr({k: _describe(params[k]) for k in keys}).encode())
+    digest.update(_describe(plan.objective).encode())
     digest.update(f"precision {plan.precision.name}".encode())
     if start is not None:
         for name, tensor in start.state_dict().items():
@@ -477,10 +489,48 @@ def checkpoint_for(detector, images, plan, start=None):
     return Checkpoint(detector.checkpoint_path, detector.checkpoint_every, digest.hexdigest())
 
 
-def _settings(component) -> str:
-    """Describe a component's settings for a fingerprint: its parameters, or its repr."""
-    get_params = getattr(component, "get_params", None)
-    return repr(sorted(get_params().items())) if callable(get_params) else repr(component)
+def _describe(value, depth: int = 0) -> str:
+    """Describe a setting for a fingerprint, alike in every process that has the same code.
+
+    A default ``repr`` holds a memory address, which changes with the process: a user's
+    backbone function or context object described by it would make a checkpoint that no
+    later process (the one that resumes after a crash) recognises. Functions are described
+    by their name, code, defaults and closure; other objects by their class and their
+    parameters (``get_params``), fields or attributes.
+    """
+    if depth > 8:
+        return "..."
+
+    def describe(inner):
+        return _describe(inner, depth + 1)
+
+    if value is None or isinstance(value, str | int | float | bool | os.PathLike):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(describe, value)) + "]"
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda item: repr(item[0]))
+        return "{" + ", ".join(f"{key!r}: {describe(inner)}" for key, inner in items) + "}"
+    if isinstance(value, functools.partial):
+        return "partial" + describe((value.func, value.args, value.keywords))
+    name = f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    if isinstance(value, type):
+        return name
+    code = getattr(value, "__code__", None)
+    if code is not None:  # a function: two lambdas of one module share a name, not code
+        cells = [cell.cell_contents for cell in value.__closure__ or ()]
+        digest = hashlib.blake2b(code.co_code, digest_size=8).hexdigest()
+        return f"{name}:{digest}({describe(value.__defaults__)}, {describe(cells)})"
+    get_params = getattr(value, "get_params", None)
+    if callable(get_params):
+        attributes = get_params()
+    elif is_dataclass(value):
+        attributes = {f.name: getattr(value, f.name) for f in fields(value)}
+    else:
+        attributes = getattr(value, "__dict__", None)
+    if attributes is None:
+        return repr(value)
+    return f"{describe(type(value))}({describe(attributes)})"
 
 
 _PICKLED_PAYLOAD = "_con2_weights"  # the key of a pickled detector's weights-only bytes

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+import zipfile
 
 import joblib
 import numpy as np
@@ -149,6 +150,61 @@ def test_a_checkpoint_of_the_same_pixels_in_another_shape_is_not_resumed(digits,
         det = tiny(image_shape=(1, 4, 16), checkpoint_path=path).fit(rows)
     fresh = tiny(image_shape=(1, 4, 16)).fit(rows)
     assert det.loss_curve_ == fresh.loss_curve_
+
+
+DESCRIBE = textwrap.dedent("""
+    import functools
+    from con2._persistence import _describe
+
+    def backbone(image_shape, width=8):
+        return width
+
+    class Blur:  # a user context: a plain class with a default repr
+        def __init__(self):
+            self.size = 3
+            self.kernel = functools.partial(max, 1)
+
+    width = 16
+    print(_describe([backbone, lambda shape: width, Blur(), {"a": Blur}]))
+""")
+
+
+def test_a_fit_is_described_alike_in_every_process():
+    """A checkpoint of a user backbone or context must be recognised by the next process."""
+    runs = [subprocess.run([sys.executable, "-c", DESCRIBE], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)]  # fmt: skip
+    assert runs[0] == runs[1] and "0x" not in runs[0] and "Blur" in runs[0]
+
+
+def test_a_fit_with_another_function_is_described_otherwise():
+    from con2._persistence import _describe
+
+    def make(width):
+        return lambda shape: width
+
+    assert _describe(make(8)) != _describe(make(16))  # the same code, other closures
+    assert _describe(lambda shape: 8) != _describe(lambda shape: [8])  # same name, other code
+
+
+def test_an_empty_file_at_the_checkpoint_path_is_no_checkpoint(digits, tmp_path):
+    path = tmp_path / "fit.ckpt"
+    path.touch()
+    det = tiny(checkpoint_path=path).fit(digits[0])
+    assert path.stat().st_size > 0
+    assert det.loss_curve_ == tiny().fit(digits[0]).loss_curve_
+
+
+@pytest.mark.parametrize("content", [b"notes of the run", b"PK\x03\x04 not a zip", "zip"])
+def test_a_file_that_is_not_a_checkpoint_is_refused_not_overwritten(digits, tmp_path, content):
+    path = tmp_path / "fit.ckpt"
+    if content == "zip":  # an archive, not written by torch
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("notes.txt", "not a checkpoint")
+        content = path.read_bytes()
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a con2 checkpoint"):
+        tiny(checkpoint_path=path).fit(digits[0])
+    assert path.read_bytes() == content
 
 
 # Untrusted files
