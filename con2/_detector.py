@@ -396,7 +396,7 @@ class Con2Detector(OutlierMixin, BaseEstimator):
             ``"integrated"``: integrated gradients from the image to the reference (8
             steps, about 8 times the cost). ``"occlusion"``: windows of the image
             replaced by the reference's, a forward pass per window; the only method that
-            sees through a ``"histeq"`` context, whose gradient is 0.
+            sees through an ``"equalize"`` context, whose gradient is 0.
         reference : {"nearest", "mean"}, default="nearest"
             The normal image each image is compared with: the nearest in pixels of
             ``reference_images_`` (a fixed sample of the training images), or their mean.
@@ -467,7 +467,9 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         Returns
         -------
         projections : dict of str to Tensor of shape (n_views, proj_dim)
-            Each head's L2-normalised projections, float32, on the CPU.
+            Each head's output, float32, on the CPU: L2-normalised projections, except
+            CSI's heads (its loss normalises ``"content"`` itself; ``"rotation"`` holds
+            logits).
         contexts, instances : Tensor of shape (n_views,), long
             Context label and image index of each view.
         """

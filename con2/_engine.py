@@ -333,7 +333,7 @@ def anomaly_maps(detector, X, method: str, reference: str, **options) -> np.ndar
             "refit it to draw anomaly maps."
         )
     device = detector.device_
-    module = scoring_module(detector, device)
+    module = scoring_module(detector, device, purpose="mapped (anomaly_maps)")
     references = ReferenceSet(to_float(torch.from_numpy(stored)).to(device))
     group = max(1, maps_views(device, detector) // len(detector.views_))
     parts = []

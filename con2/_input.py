@@ -103,7 +103,10 @@ def as_images(X, *, image_shape=None, value_range=None) -> torch.Tensor:
 
 def _check_array(X, estimator=None, reset=True) -> np.ndarray:
     if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
+        X = X.detach().cpu()
+        if X.dtype.is_floating_point and X.dtype.itemsize < 4 and X.dtype != torch.float16:
+            X = X.float()  # bfloat16 and float8 have no numpy dtype; float32 holds them exactly
+        X = X.numpy()
     if isinstance(X, list | tuple) and X and all(hasattr(x, "shape") for x in X):
         shapes = sorted({tuple(x.shape) for x in X})
         if len(shapes) > 1:

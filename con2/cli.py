@@ -139,7 +139,7 @@ def _add_score(commands) -> None:
                      help="the map value drawn at full colour (default: the largest value "
                      "of the run); fix it to compare runs")  # fmt: skip
     sub.add_argument("--maps-method", default="gradient",
-                     choices=["gradient", "integrated", "occlusion"],
+                     choices=["gradient", "input-gradient", "integrated", "occlusion"],
                      help="how maps are computed (see Con2Detector.anomaly_maps; default: "
                      "%(default)s)")  # fmt: skip
     sub.set_defaults(run=_score)

@@ -120,12 +120,16 @@ def _input_dtype(value_range) -> torch.dtype:
     return torch.uint8 if value_range in (None, (0.0, 255.0)) else torch.float32
 
 
-def scoring_module(detector, device="cpu") -> ScoringModule:
-    """Build the :class:`ScoringModule` of a fitted detector, on ``device``."""
+def scoring_module(detector, device="cpu", purpose="exported") -> ScoringModule:
+    """Build the :class:`ScoringModule` of a fitted detector, on ``device``.
+
+    ``purpose`` completes the error for a scorer without a ``head()`` module: "it
+    cannot be {purpose}".
+    """
     if not hasattr(detector.scorer_, "head"):
         raise TypeError(
-            f"The scorer {detector.scorer_!r} has no head() module, so it cannot be "
-            "exported; the built-in 'nnd' and 'lh' scorers can."
+            f"The scorer {detector.scorer_!r} has no head() module, so its model cannot be "
+            f"{purpose}; the built-in scorers ('nnd', 'lh', 'csi') have one."
         )
     encoder, views, head = detector.encoder_, detector.views_, detector.scorer_.head()
     if torch.device(device) != detector.device_:

@@ -114,9 +114,9 @@ class Con2Objective(BaseEstimator):
 
     ``L = L_context + alpha * L_content``, with ``alpha`` rising linearly from 0 to
     ``alpha_max`` over training. The paper's sums differ from these means by constant
-    factors, which ``alpha`` absorbs. Without a context augmentation there is one
-    context: the head phi is not built and the loss is ``L_content`` alone (SimCLR's
-    instance discrimination, as :class:`SimCLRObjective`).
+    factors, which ``alpha`` absorbs. Without a context augmentation (and without
+    ``outliers``) there is one context: the head phi is not built and the loss is
+    ``L_content`` alone (SimCLR's instance discrimination, as :class:`SimCLRObjective`).
 
     ``outliers`` (not in the paper: FIRM's synthetic outliers added to Con2) are
     transforms whose views are neither a context nor the image: in both terms a view of
@@ -178,7 +178,7 @@ class Con2Objective(BaseEstimator):
         return resolve_contexts(self.outliers)
 
     def heads(self, embed_dim: int, n_contexts: int) -> dict[str, nn.Module]:
-        """Head phi (``"context"``, only with a context augmentation) and head psi."""
+        """Head phi (``"context"``, with a context augmentation or outliers) and head psi."""
         self._validate_params()
         resolve_contexts(self.outliers)  # an unknown outlier is refused before training
         context = {"context": ProjectionHead(embed_dim)} if n_contexts else {}

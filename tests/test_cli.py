@@ -156,6 +156,14 @@ def test_every_estimator_parameter_is_a_documented_fit_option():
         assert run(command, "--help").returncode == 0
 
 
+def test_the_maps_method_option_offers_every_method_of_anomaly_maps():
+    from con2.maps import METHODS  # the CLI lists them itself: it loads torch after --help
+
+    score = cli.build_parser()._subparsers._group_actions[0].choices["score"]
+    (option,) = [a for a in score._actions if "--maps-method" in a.option_strings]
+    assert tuple(option.choices) == METHODS
+
+
 def test_option_docs_are_read_whatever_the_docstring_layout():
     expected = cli._parameter_docs(Con2Detector.__doc__)
     assert sorted(expected) == sorted(Con2Detector().get_params())

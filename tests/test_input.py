@@ -15,6 +15,8 @@ def test_layouts_all_give_the_same_canonical_images():
     assert torch.equal(as_images(nchw.reshape(4, -1), image_shape=(3, 6, 5)), expected)
     assert torch.equal(as_images(torch.from_numpy(nchw)), expected)
     assert torch.equal(as_images(nchw.tolist()), expected)
+    half = torch.from_numpy(nchw).bfloat16()  # no numpy dtype: read as float32
+    assert torch.equal(as_images(half), half.float())
 
 
 def test_grayscale_three_d_and_two_d_without_shape():

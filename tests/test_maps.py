@@ -148,7 +148,7 @@ def test_every_context_scorer_and_objective_draws_maps(params, digits):
         assert maps.max() > 0, method  # something in these digits moves the score
 
 
-def test_a_scorer_without_a_head_is_refused_clearly(digits):
+def test_a_scorer_without_a_head_is_refused_clearly(digits, tmp_path):
     class PlainScorer:
         def fit(self, embeddings):
             self.mean_ = embeddings.mean(dim=(0, 1))
@@ -159,8 +159,10 @@ def test_a_scorer_without_a_head_is_refused_clearly(digits):
 
     train, test, _ = digits
     det = tiny_detector(scorer=PlainScorer()).fit(train[:40])
-    with pytest.raises(TypeError, match="no head"):
+    with pytest.raises(TypeError, match=r"no head\(\) module, so its model cannot be mapped"):
         det.anomaly_maps(test[:2])
+    with pytest.raises(TypeError, match="cannot be exported"):
+        det.export(tmp_path / "m.onnx")
 
 
 def test_overlay_leaves_zero_map_pixels_unchanged_and_colours_one_scale():
