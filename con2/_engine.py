@@ -13,7 +13,6 @@ memory, backing off when CUDA runs out of memory.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -39,7 +38,7 @@ from con2._training import (
     resolve_precision,
     view_keys,
 )
-from con2._utils import derive_seed, make_generator, release_cuda_memory, resolve_device
+from con2._utils import derive_seed, make_generator, release_cuda_memory, resolve_device, warn
 from con2.augment import KeyedRandom, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts, warn_if_unsuitable
 from con2.export import scoring_module
@@ -292,11 +291,9 @@ def in_chunks(detector, n_images: int, per_image: int, compute) -> torch.Tensor:
             else:
                 chunk, forward = max(1, chunk // 2), max(1, forward // 2)
             release_cuda_memory()
-            warnings.warn(
+            warn(
                 f"CUDA ran out of memory while scoring; retrying with {chunk} images "
-                f"per chunk and {forward} views per forward pass.",
-                UserWarning,
-                stacklevel=5,
+                f"per chunk and {forward} views per forward pass."
             )
             continue
         start += chunk

@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import shutil
-import warnings
 import zipfile
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from con2._embedding import TestTimeViews
 from con2._input import TrainingIndex
-from con2._utils import loadable_device, move, resolve_device
+from con2._utils import loadable_device, move, resolve_device, warn
 from con2._version import __version__
 from con2.augment import AugmentParams, SimCLRAugment
 from con2.contexts import CONTEXTS, resolve_contexts
@@ -60,11 +59,9 @@ def save(detector, path) -> None:
     """Write a fitted detector to ``path`` in the weights-only format."""
     _check_builtin(detector)
     if isinstance(detector.random_state, np.random.RandomState):
-        warnings.warn(
+        warn(
             "random_state is a RandomState instance, which save() cannot store; the loaded "
-            "detector has random_state=None (this only matters if it is fitted again).",
-            UserWarning,
-            stacklevel=3,
+            "detector has random_state=None (this only matters if it is fitted again)."
         )
     payload = _payload(detector)
     write_replacing(path, lambda file: torch.save(payload, file), "the model")
@@ -264,12 +261,10 @@ def _warn_if_other_version(path, written_by) -> None:
         return tuple(str(version).split(".")[:2])
 
     if written_by is None or major_minor(written_by) != major_minor(__version__):
-        warnings.warn(
+        warn(
             f"{path} was written by con2 {written_by}; this is con2 {__version__}. The "
             "format is the same, but what the model computes may differ between versions: "
-            "check its scores, or refit.",
-            UserWarning,
-            stacklevel=4,
+            "check its scores, or refit."
         )
 
 
@@ -443,11 +438,9 @@ class Checkpoint:
         except (EOFError, KeyError, RuntimeError) as exc:  # a zip archive of something else
             raise not_ours from exc
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
-            warnings.warn(
+            warn(
                 f"Checkpoint {self.path} belongs to another fit (other data or settings); "
-                "training starts afresh and will overwrite it.",
-                UserWarning,
-                stacklevel=6,
+                "training starts afresh and will overwrite it."
             )
             return None
         return state

@@ -15,7 +15,6 @@ import copy
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from con2._distributed import Group
 from con2._embedding import normalize
 from con2._input import to_float
-from con2._utils import native_bfloat16
+from con2._utils import native_bfloat16, warn
 from con2.augment import KeyedRandom, SimCLRAugment, hash_words
 from con2.contexts import apply_context
 
@@ -177,12 +176,10 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     if precision == "auto":
         precision = "bfloat16" if native else "float32"
     if precision == "bfloat16" and not native:
-        warnings.warn(
+        warn(
             "precision='bfloat16' on a CPU without native bfloat16 support (AVX512-BF16, "
             "AMX or ARM BF16): every operation converts to float32 and back, so training "
-            "will be slower than with precision='float32'.",
-            UserWarning,
-            stacklevel=5,
+            "will be slower than with precision='float32'."
         )
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     return Precision(dtype, _MEMORY_FORMATS[device.type, dtype])

@@ -8,6 +8,7 @@ import io
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import warnings
@@ -15,8 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 from sklearn.utils import check_random_state
+
+# Frames in these folders are not the user's code: warnings point past them.
+_LIBRARY_FOLDERS = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (sklearn, sys.modules[__name__])
+)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn``, attributed to the first caller outside con2 and scikit-learn.
+
+    A fixed ``stacklevel`` points into the library when a call goes through another
+    path (``fit`` through scikit-learn's wrapper, ``load`` through the CLI).
+    """
+    frame, level = sys._getframe(1), 2  # level 2: the caller of this function
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_FOLDERS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -46,11 +65,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def loadable_device(device: torch.device) -> torch.device:
     """Return ``device`` if this machine has it, else the CPU (with a warning)."""
     if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
+        warn(
             f"This model was fitted on {device} but CUDA is not available here; "
-            "it will run on the CPU.",
-            UserWarning,
-            stacklevel=3,
+            "it will run on the CPU."
         )
         return torch.device("cpu")
     return device

@@ -19,8 +19,8 @@ References
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from scipy.stats import spearmanr
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, check_scalar
 from torch import Tensor
 
 from con2 import io
 from con2._input import as_images, read_files, to_float
+from con2._utils import warn
 
 __all__ = [
     "CONTEXTS",
@@ -332,11 +333,11 @@ def check_context(
     context : str, ContextAugmentation or list of them
         The context(s) to measure. A list gives one report per context.
     max_samples : int, default=512
-        At most this many images are drawn (without replacement) from ``X``.
-    min_distinctiveness : float, default=0.75
+        At most this many images (at least 3) are drawn (without replacement) from ``X``.
+    min_distinctiveness : float in [0, 1], default=0.75
         Threshold of the ``distinctive`` verdict (0.5 is chance).
-    min_alignment : float, default=0.7
-        Threshold of the ``aligned`` verdict.
+    min_alignment : float in [-1, 1], default=0.7
+        Threshold of the ``aligned`` verdict (a rank correlation).
     image_shape, value_range : see :class:`con2.Con2Detector`.
     random_state : int, RandomState instance or None, default=0
         Draws the subsample.
@@ -359,6 +360,9 @@ def check_context(
     contexts = resolve_contexts(context)
     if not contexts:
         raise ValueError("check_context needs a context; got None.")
+    check_scalar(max_samples, "max_samples", Integral, min_val=3)
+    check_scalar(min_distinctiveness, "min_distinctiveness", Real, min_val=0, max_val=1)
+    check_scalar(min_alignment, "min_alignment", Real, min_val=-1, max_val=1)  # a correlation
     rng = check_random_state(random_state)
     if io.is_file_input(X):  # draw the sample first, then decode only those files
         paths = io.list_images(X)
@@ -388,12 +392,10 @@ def warn_if_unsuitable(images: Tensor, contexts: tuple, max_samples: int) -> Non
     reports = check_context(images, list(contexts), image_shape=images.shape[1:])
     for report in reports:
         if not report.passed:
-            warnings.warn(
+            warn(
                 f"Context check failed: {report}. Con2 relies on a context that is "
                 "distinctive and aligned on the normal images; consider another context "
-                "(see con2.check_context).",
-                UserWarning,
-                stacklevel=6,  # the caller of Con2Detector.fit
+                "(see con2.check_context)."
             )
 
 

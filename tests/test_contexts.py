@@ -73,6 +73,17 @@ def test_check_context_separates_visible_from_invisible_contexts():
     assert "distinctiveness" in str(reports[0])
 
 
+@pytest.mark.parametrize(("option", "error"), [
+    ({"max_samples": 2.5}, TypeError), ({"max_samples": None}, TypeError),
+    ({"max_samples": 2}, ValueError), ({"min_distinctiveness": 1.5}, ValueError),
+    ({"min_alignment": "high"}, TypeError),
+])  # fmt: skip
+def test_check_context_refuses_bad_options_by_name(option, error):
+    x = np.random.default_rng(0).random((20, 8, 8))
+    with pytest.raises(error, match=next(iter(option))):
+        check_context(x, "vflip", **option)
+
+
 def test_check_context_subsamples_reproducibly():
     x = np.random.default_rng(3).random((700, 8, 8))
     a = check_context(x, "vflip", max_samples=100, random_state=0)

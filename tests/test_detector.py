@@ -73,6 +73,17 @@ def test_fit_leaves_global_random_state_and_threads_alone(digits, tiny, monkeypa
     assert reseeded == []
 
 
+def test_warnings_point_at_the_line_that_called_the_library(digits, tiny, tmp_path):
+    """Past scikit-learn's fit wrapper and con2's own frames, whatever the path taken."""
+    with pytest.warns(UserWarning, match="Context check failed") as record:
+        det = Con2Detector(**{**tiny, "context": "equalize"}).fit(digits[0])  # 8x8: identity
+    assert {w.filename for w in record} == {__file__}
+    det.set_params(random_state=np.random.RandomState(0))
+    with pytest.warns(UserWarning, match="RandomState instance") as record:
+        det.save(tmp_path / "m.con2")
+    assert [w.filename for w in record] == [__file__]
+
+
 def test_training_images_are_scored_leave_one_out(digits, tiny):
     X, _, _ = digits
     det = Con2Detector(random_state=0, **tiny)
