@@ -34,6 +34,7 @@ from sklearn.base import clone
 from sklearn.utils.validation import check_array, validate_data
 
 from con2 import io
+from con2._utils import warn
 
 CHANNELS = (1, 3)
 
@@ -242,6 +243,8 @@ def _to_unit_range(X: np.ndarray, value_range) -> torch.Tensor:
             raise ValueError(
                 f"Float images must lie in [0, 1]; got values in [{low:g}, {high:g}].{hint}"
             )
+        if X.dtype != np.float32:
+            _warn_if_copied_from_disk(X)
         return _as_tensor(X.astype(np.float32, copy=False))
     low, high = value_range
     if X.dtype == np.uint8 and (low, high) == (0.0, 255.0):
@@ -252,8 +255,19 @@ def _to_unit_range(X: np.ndarray, value_range) -> torch.Tensor:
             f"Images must lie in value_range=({low:g}, {high:g}); got values in "
             f"[{data_low:g}, {data_high:g}]."
         )
+    _warn_if_copied_from_disk(X)
     scaled = (X.astype(np.float64, copy=False) - low) / (high - low)
     return _as_tensor(scaled.astype(np.float32))
+
+
+def _warn_if_copied_from_disk(X: np.ndarray) -> None:
+    """Say so when a memory-mapped file is about to be converted whole in memory."""
+    if on_disk(X):
+        warn(
+            f"X is a memory-mapped file of {X.dtype} values, which are converted in memory "
+            f"({X.size * 4 / 2**20:.0f} MiB as float32). Only uint8 images (with "
+            "value_range None or (0, 255)) and float32 images in [0, 1] are read in place."
+        )
 
 
 def _as_tensor(X: np.ndarray) -> torch.Tensor:
@@ -310,7 +324,8 @@ def training_images(estimator, X):
         features = {"n_features_in_": int(np.prod(images.shape[1:]))}
         if hasattr(stand_in, "feature_names_in_"):
             features["feature_names_in_"] = stand_in.feature_names_in_
-        yield images, on_disk(X), features
+        # on disk only if the images still read the file (not a converted copy of it)
+        yield images, on_disk(X) and np.may_share_memory(images.numpy(), X), features
         return
     paths = io.list_images(X)
     infos = io.inspect_files(paths)

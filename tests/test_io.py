@@ -1,6 +1,7 @@
 """Image files as input: listing, every format and mode, bit depth, channels, size, errors."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -323,6 +324,27 @@ def test_a_memmap_is_trained_on_in_place(tmp_path, monkeypatch):
     planned.clear()
     tiny_detector(scorer="lh", image_shape=(1, 16, 16)).fit(hwc)
     assert hwc.ctypes.data <= planned[0].data_ptr() < hwc.ctypes.data + hwc.nbytes
+
+
+@pytest.mark.parametrize(("dtype", "value_range", "copied"), [
+    (np.float64, None, True), (np.uint16, (0, 255), True), (np.float32, None, False),
+    (np.uint8, (0, 255), False),
+])  # fmt: skip
+def test_a_memmap_converted_in_memory_says_so(tmp_path, monkeypatch, dtype, value_range, copied):
+    images = np.stack([gradient(16, seed=i) for i in range(40)])[:, None]
+    scale = 255 if np.dtype(dtype).kind == "f" else 1
+    np.save(tmp_path / "x.npy", (images / scale).astype(dtype))
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    import con2._engine
+
+    flags, real = [], con2._engine._fit_images
+    monkeypatch.setattr(con2._engine, "_fit_images",
+                        lambda *args: flags.append(args[3]) or real(*args))  # fmt: skip
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        tiny_detector(value_range=value_range).fit(mapped)
+    said = [w for w in record if "memory-mapped file" in str(w.message)]
+    assert len(said) == copied and flags == [not copied]  # embeddings spill only for files
 
 
 def test_training_index_and_scores_agree_for_files_and_arrays(tmp_path):
