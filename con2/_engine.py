@@ -118,7 +118,7 @@ def fit(detector, X) -> dict:
 def _fit_images(detector, components, images, on_disk, group, device) -> dict:
     """Fit on canonical ``images`` (see :func:`fit`); return the fitted attributes."""
     contexts, objective, scorer = components.contexts, components.objective, components.scorer
-    _check_training_set(detector, images, contexts, group)
+    _check_training_set(detector, images, contexts, scorer, group)
     n_samples, image_shape = images.shape[0], tuple(images.shape[1:])
     warm = _continues(detector, image_shape, contexts, objective)
     previous = list(detector.loss_curve_) if warm else []
@@ -192,12 +192,18 @@ def reference_sample(images, seed: int) -> np.ndarray:
     return images[torch.from_numpy(chosen)].cpu().numpy()
 
 
-def _check_training_set(detector, images, contexts, group) -> None:
-    """Refuse training sets the method cannot use; warn about unsuitable contexts."""
+def _check_training_set(detector, images, contexts, scorer, group) -> None:
+    """Refuse training sets the method or the scorer cannot use; warn about contexts."""
     n_samples = images.shape[0]
     if n_samples < 2:
         raise ValueError(
             f"Con2Detector needs at least 2 training images; got n_samples={n_samples}."
+        )
+    needed = getattr(scorer, "min_samples", 2)
+    if n_samples < needed:
+        raise ValueError(
+            f"The scorer {scorer!r} needs at least {needed} training images; got "
+            f"n_samples={n_samples}."
         )
     if images[0].numel() < 2:
         raise ValueError(

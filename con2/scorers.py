@@ -54,6 +54,8 @@ class Scorer(Protocol):
     ``heads`` (optional, default None) names the objective's heads whose outputs, side by
     side and unnormalised, the scorer takes instead of the L2-normalised backbone
     features (:class:`CSIScorer`: the projection and the rotation logits).
+    ``min_samples`` (optional, default 2) is the fewest training images the scorer can
+    fit: the detector refuses a smaller training set before training.
     """
 
     def fit(self, embeddings: Tensor) -> Scorer:
@@ -115,6 +117,12 @@ class NearestNeighborScorer(BaseEstimator):
         self.bank_dtype = bank_dtype
         self.working_memory = working_memory
 
+    @property
+    def min_samples(self) -> int:
+        """Return ``n_neighbors + 1``: a training image is left out of its own score."""
+        self._validate_params()
+        return self.n_neighbors + 1
+
     def fit(self, embeddings: Tensor) -> NearestNeighborScorer:
         """Store the training embeddings, shape (n_views, n_samples, embed_dim)."""
         self._validate_params()
@@ -140,7 +148,7 @@ class NearestNeighborScorer(BaseEstimator):
         -------
         Tensor of shape (n_samples,), float64
         """
-        _check_embeddings(embeddings, self.bank_)
+        _check_embeddings(embeddings, (self.bank_.shape[0], self.bank_.shape[2]))
         head = self.head()
         # queries per call: their similarities to one bank chunk fit in working_memory
         rows = max(1, _budget(self.working_memory) // (head.chunk_rows + embeddings.shape[2]))
@@ -258,6 +266,12 @@ class GaussianScorer(BaseEstimator):
     def __init__(self, *, shrinkage="ledoit-wolf"):
         self.shrinkage = shrinkage
 
+    @property
+    def min_samples(self) -> int:
+        """Return 3 with Ledoit-Wolf shrinkage (which two images leave at 0), else 2."""
+        self._validate_params()
+        return 3 if self.shrinkage == "ledoit-wolf" else 2
+
     def fit(self, embeddings: Tensor) -> GaussianScorer:
         """Fit a Gaussian per view on embeddings of shape (n_views, n_samples, embed_dim).
 
@@ -317,7 +331,7 @@ class GaussianScorer(BaseEstimator):
         return scores
 
     def _score_new(self, embeddings: Tensor) -> Tensor:
-        _check_embeddings(embeddings, self.mean_)
+        _check_embeddings(embeddings, (self.mean_.shape[0], self.mean_.shape[-1]))
         head = self.head().to(embeddings.device)
         rows = _rows(3 * embeddings.shape[2])  # diff, its product, and the float64 copy
         return torch.cat([head(embeddings[:, q0 : q0 + rows])
@@ -333,7 +347,7 @@ class GaussianScorer(BaseEstimator):
 
     def _score_left_out(self, embeddings: Tensor) -> Tensor:
         """Leave-one-out scores of training embeddings, shape (n_views, n_queries, dim)."""
-        _check_embeddings(embeddings, self.mean_)
+        _check_embeddings(embeddings, (self.mean_.shape[0], self.mean_.shape[-1]))
         n_views, n_queries, dim = embeddings.shape
         if self.n_samples_ < 3:
             raise ValueError("Leave-one-out scores need at least 3 training images.")
@@ -482,6 +496,8 @@ class CSIScorer(BaseEstimator):
         One over the mean norm of the training projections of each rotation.
     weight_shift_ : Tensor of shape (n_shifts,), float64
         One over the mean training logit of each rotation for itself.
+    n_views_ : int
+        Test-time views per image it was fitted on (scored embeddings must match).
 
     References
     ----------
@@ -503,6 +519,7 @@ class CSIScorer(BaseEstimator):
         self._validate_params()
         _check_embeddings(embeddings)
         projections, own = _per_shift(embeddings, self.n_shifts)
+        self.n_views_ = embeddings.shape[0]
         self.axis_ = F.normalize(projections, dim=2).float()
         self.weight_sim_ = 1.0 / projections.norm(dim=2).mean(dim=1)
         self.weight_shift_ = 1.0 / own.mean(dim=1)
@@ -514,7 +531,8 @@ class CSIScorer(BaseEstimator):
         ``exclude`` as for :class:`NearestNeighborScorer`; queries in chunks sized to
         scikit-learn's ``working_memory``.
         """
-        _check_embeddings(embeddings)
+        dim = self.axis_.shape[2] + self.n_shifts  # the projection and the logits
+        _check_embeddings(embeddings, (getattr(self, "n_views_", embeddings.shape[0]), dim))
         head = self.head()
         rows = max(1, _budget(None) // (head.chunk_rows + embeddings.shape[2]))
         if exclude is not None:
@@ -610,14 +628,15 @@ def resolve_scorer(scorer) -> Scorer:
     )
 
 
-def _check_embeddings(embeddings: Tensor, reference: Tensor | None = None) -> None:
+def _check_embeddings(embeddings: Tensor, fitted: tuple | None = None) -> None:
+    """Refuse all but (n_views, n_samples, embed_dim) matching the ``fitted`` (n_views, dim)."""
     if not isinstance(embeddings, Tensor) or embeddings.ndim != 3:
         raise ValueError(
             "embeddings must be a tensor of shape (n_views, n_samples, embed_dim); got "
             f"{getattr(embeddings, 'shape', type(embeddings).__name__)}."
         )
-    if reference is not None:
-        n_views, dim = reference.shape[0], reference.shape[-1]
+    if fitted is not None:
+        n_views, dim = fitted
         if embeddings.shape[0] != n_views or embeddings.shape[2] != dim:
             raise ValueError(
                 f"embeddings have {embeddings.shape[0]} views of dimension "

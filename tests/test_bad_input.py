@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
-from con2 import check_context
+from con2 import NearestNeighborScorer, check_context
 from con2._input import as_images
 from con2.contexts import VerticalFlip
 
@@ -80,6 +80,10 @@ FIT_CASES = [
     ("four channels", RNG.random((4, 8, 8, 4)), {}, ValueError, "1 or 3 channels"),
     ("zero images", GOOD[:0], {}, ValueError, "0 sample"),
     ("one image", GOOD[:1], {}, ValueError, "n_samples=1"),
+    ("two images for Ledoit-Wolf", GOOD[:2], {"scorer": "lh"}, ValueError,
+     "needs at least 3 training images"),
+    ("fewer images than neighbours", GOOD[:5], {"scorer": NearestNeighborScorer(n_neighbors=5)},
+     ValueError, "needs at least 6 training images"),
     ("object array of strings", np.array([["a", "b"], ["c", "d"]], dtype=object), {},
      ValueError, "could not convert|numeric"),
     ("string dtype", np.array([["a", "b"], ["c", "d"]]), {}, ValueError, "strings"),
@@ -99,7 +103,13 @@ FIT_CASES = [
 
 
 @pytest.mark.parametrize("name, X, params, error, match", FIT_CASES, ids=[c[0] for c in FIT_CASES])
-def test_fit_rejects_bad_images(name, X, params, error, match):
+def test_fit_rejects_bad_images(name, X, params, error, match, monkeypatch):
+    import con2._training
+
+    def no_training(*args, **kwargs):  # every refusal comes before any training
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(con2._training, "train_epoch", no_training)
     with pytest.raises(error, match=match):
         tiny(**params).fit(X)
 

@@ -7,7 +7,7 @@ from sklearn.base import clone
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
-from con2.scorers import GaussianScorer, NearestNeighborScorer, Scorer, resolve_scorer
+from con2.scorers import CSIScorer, GaussianScorer, NearestNeighborScorer, Scorer, resolve_scorer
 
 
 def embeddings(n_views, n_samples, dim, seed):
@@ -90,11 +90,14 @@ def test_gaussian_prefers_points_near_the_mean():
     assert scorer.score_samples(centre) > scorer.score_samples(far)
 
 
-@pytest.mark.parametrize("scorer", [NearestNeighborScorer(), GaussianScorer()])
+@pytest.mark.parametrize("scorer", [NearestNeighborScorer(), GaussianScorer(),
+                                    CSIScorer(n_shifts=2)])  # fmt: skip
 def test_scorers_reject_mismatched_embeddings(scorer):
     scorer.fit(embeddings(2, 20, 8, 11))
     with pytest.raises(ValueError, match="fitted on 2 views of dimension 8"):
         scorer.score_samples(embeddings(3, 5, 8, 12))
+    with pytest.raises(ValueError, match="fitted on 2 views of dimension 8"):
+        scorer.score_samples(embeddings(2, 5, 12, 12))
     with pytest.raises(ValueError, match="n_views, n_samples, embed_dim"):
         scorer.score_samples(torch.zeros(5, 8))
 
