@@ -156,8 +156,10 @@ def test_a_file_of_format_version_1_loads_and_scores_as_when_it_was_written(tmp_
     assert len(det.epoch_seconds_) == len(det.loss_curve_)
     assert all(np.isnan(det.epoch_seconds_))  # not recorded by format 1
     train, test = pinned_data()
-    np.testing.assert_allclose(det.score_samples(test), recorded["test_scores"], rtol=1e-12)
-    np.testing.assert_allclose(det.score_samples(train[:8]), recorded["train_scores"], rtol=1e-12)
+    # 1e-5: recorded on an AVX512 CPU, whose float32 kernels round differently from
+    # another's (5e-7 of a score on AVX2, measured); a wrongly loaded weight moves far more
+    np.testing.assert_allclose(det.score_samples(test), recorded["test_scores"], rtol=1e-5)
+    np.testing.assert_allclose(det.score_samples(train[:8]), recorded["train_scores"], rtol=1e-5)
     # saved again, it is a file of the current version with the same scores
     det.save(tmp_path / "again.con2")
     assert torch.load(tmp_path / "again.con2", weights_only=True)["format_version"] == 2

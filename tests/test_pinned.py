@@ -4,6 +4,12 @@
 2.14.1, one thread), before the estimator, the engine and the objective were split
 apart. Any later change that moves them beyond float rounding changed what the method
 computes, and must say so.
+
+The scores are pinned per instruction set (torch's CPU capability): kernels of another
+one round float32 differently, and two epochs of training amplify that to 1e-3 of a
+score (AVX2 against AVX512, measured). The AVX512 scores were recorded on an AMD EPYC
+with AVX512-BF16; the AVX2 ones by running commit 3b8e24a itself on an AMD EPYC with
+AVX2 only (where the reorganised code gave the same scores bit for bit).
 """
 
 import json
@@ -11,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import pinned_data
 
 from con2 import Con2Detector
@@ -43,7 +50,11 @@ def scores_of(name):
 @pytest.mark.filterwarnings("ignore:Context check failed")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_scores_of_a_small_fixed_fit_are_those_pinned_before_the_reorganisation(name, one_thread):
-    pinned = json.loads(PINNED.read_text())["scores"][name]
+    by_capability = json.loads(PINNED.read_text())["scores"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in by_capability:
+        pytest.skip(f"no scores pinned for {capability} CPUs (pinned: {sorted(by_capability)})")
+    pinned = by_capability[capability][name]
     found = scores_of(name)
     for key in ("test", "calibration"):
         np.testing.assert_allclose(found[key], pinned[key], rtol=1e-5, atol=0)
