@@ -12,13 +12,14 @@ Each function draws on ``ax`` (a new figure when None) and returns the axes.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 
 from con2 import io
 from con2._embedding import context_images, embed_views
 from con2._engine import forward_size
-from con2._input import scoring_batches, to_float, validate_images
+from con2._input import scoring_batches, to_float
 from con2.maps import heat, overlay
 
 __all__ = ["context_embeddings", "plot_anomaly_maps", "plot_embeddings", "plot_loss_curve",
@@ -46,8 +47,8 @@ def context_embeddings(detector, X) -> np.ndarray:
     ----------
     detector : Con2Detector
         Fitted.
-    X : array-like of images
-        As :meth:`con2.Con2Detector.score_samples` accepts.
+    X : array-like of images, folder or list of image files
+        As :meth:`con2.Con2Detector.score_samples` accepts (files a batch at a time).
 
     Returns
     -------
@@ -55,13 +56,14 @@ def context_embeddings(detector, X) -> np.ndarray:
         Index 0 is the images themselves, index k their k-th context augmentation.
     """
     check_is_fitted(detector)
-    images = validate_images(detector, X, reset=False)
-    device = detector.device_
-    stacked = context_images(to_float(images.to(device)), detector.contexts_)
-    z = embed_views(
-        detector.encoder_, stacked, None, forward_size(device, detector.batch_size), device
-    )
-    return z[0].view(len(detector.contexts_) + 1, len(images), -1).cpu().numpy()
+    device, n_contexts = detector.device_, len(detector.contexts_) + 1
+    forward = forward_size(device, detector.batch_size)
+    parts = []
+    for images in scoring_batches(detector, X):
+        stacked = context_images(to_float(images.to(device)), detector.contexts_)
+        z = embed_views(detector.encoder_, stacked, None, forward, device)
+        parts.append(z[0].view(n_contexts, len(images), -1).cpu())
+    return torch.cat(parts, dim=1).numpy()
 
 
 def plot_embeddings(detector, X_train, X_normal, X_anomalous, *, max_points=150, axes=None):
@@ -76,7 +78,7 @@ def plot_embeddings(detector, X_train, X_normal, X_anomalous, *, max_points=150,
     ----------
     detector : Con2Detector
         Fitted with at least one context.
-    X_train, X_normal, X_anomalous : array-like of images
+    X_train, X_normal, X_anomalous : array-like of images, folder or list of image files
         Training images, normal test images, anomalous test images.
     max_points : int, default=150
         At most this many images of each set are drawn (the first ones).
@@ -88,7 +90,8 @@ def plot_embeddings(detector, X_train, X_normal, X_anomalous, *, max_points=150,
     """
     if not detector.contexts_:
         raise ValueError("plot_embeddings needs a detector trained with a context.")
-    sets = [np.asarray(X)[:max_points] for X in (X_train, X_normal, X_anomalous)]
+    sets = [io.list_images(X)[:max_points] if io.is_file_input(X) else np.asarray(X)[:max_points]
+            for X in (X_train, X_normal, X_anomalous)]  # fmt: skip
     train, normal, anomalous = (context_embeddings(detector, X) for X in sets)
     pca = PCA(n_components=2).fit(train.reshape(-1, train.shape[-1]))
     if axes is None:

@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import write
 
 from con2 import Con2Detector
 from con2.datasets import load_digits_images
@@ -24,6 +25,24 @@ def test_context_embeddings_shape_and_first_context_is_embed(setup):
     z = context_embeddings(det, train[:10])
     assert z.shape == (2, 10, 32)
     np.testing.assert_allclose(z[0], det.embed(train[:10]), atol=1e-6)
+
+
+def test_context_embeddings_and_the_figure_take_files(setup, tmp_path):
+    det, train, normal, anomalous = setup
+    folders = []
+    for name, images in (
+        ("train", train[:6]),
+        ("normal", normal[:5]),
+        ("anomalous", anomalous[:4]),
+    ):
+        for i, image in enumerate(images):
+            write(tmp_path / name / f"{i}.png", image)
+        folders.append(str(tmp_path / name))
+    np.testing.assert_array_equal(context_embeddings(det, folders[1]),
+                                  context_embeddings(det, normal[:5]))  # fmt: skip
+    axes = plot_embeddings(det, *folders, max_points=3)
+    assert [len(ax.lines) for ax in axes] == [3, 3]
+    plt.close("all")
 
 
 def test_embedding_figure_draws_both_panels_with_pair_lines(setup, tmp_path):
