@@ -83,7 +83,10 @@ def command_line(script: str, *options: tuple) -> str:
 
 
 def hardware(device=None) -> str:
-    """Describe the GPU a run uses, or the CPU model and the number of threads torch uses.
+    """Describe the GPU a run uses, or the CPU: model, instruction set, torch's threads.
+
+    The instruction set is torch's CPU capability (AVX2, AVX512, ...): two CPUs of one
+    model name can differ in it, and with it in speed and float rounding.
 
     ``device``: the run's device (``"cpu"`` describes the CPU even where a GPU exists);
     None: the GPU if there is one.
@@ -97,7 +100,8 @@ def hardware(device=None) -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]  # fmt: skip
         model = names[0] if names else model
-    return f"{model}, {torch.get_num_threads()} threads (CPU)"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({capability}), {torch.get_num_threads()} threads (CPU)"
 
 
 def git_commit(folder: Path = ROOT) -> str | None:

@@ -171,6 +171,12 @@ def test_oneclass_resumes_an_interrupted_table_and_skips_finished_fits(toy_onecl
     assert "| std over seeds (mean over classes with 2+ seeds) |" in text
 
 
+def test_the_hardware_names_the_cpus_instruction_set_and_threads(harness, one_thread):
+    harness, _ = harness
+    described = harness.hardware("cpu")
+    assert f"({torch.backends.cpu.get_cpu_capability()}), 1 threads (CPU)" in described
+
+
 def test_a_table_built_at_several_commits_names_each_one(harness, tmp_path, monkeypatch):
     harness, _ = harness
     commits = iter(["aaa", "aaa", "bbb", "ccc", "ddd"])
