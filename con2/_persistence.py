@@ -511,7 +511,7 @@ def _describe(value, depth: int = 0) -> str:
         return name
     code = getattr(value, "__code__", None)
     if code is not None:  # a function: two lambdas of one module share a name, not code
-        cells = [cell.cell_contents for cell in value.__closure__ or ()]
+        cells = [_contents(cell) for cell in value.__closure__ or ()]
         digest = hashlib.blake2b(code.co_code, digest_size=8).hexdigest()
         return f"{name}:{digest}({describe(value.__defaults__)}, {describe(cells)})"
     get_params = getattr(value, "get_params", None)
@@ -524,6 +524,13 @@ def _describe(value, depth: int = 0) -> str:
     if attributes is None:
         return repr(value)
     return f"{describe(type(value))}({describe(attributes)})"
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # a closure variable not yet assigned
+        return None
 
 
 _PICKLED_PAYLOAD = "_con2_weights"  # the key of a pickled detector's weights-only bytes
