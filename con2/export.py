@@ -123,7 +123,7 @@ def _input_dtype(value_range) -> torch.dtype:
 def scoring_module(detector, device="cpu", purpose="exported") -> ScoringModule:
     """Build the :class:`ScoringModule` of a fitted detector, on ``device``.
 
-    ``purpose`` completes the error for a scorer without a ``head()`` module: "it
+    ``purpose`` completes the error for a scorer without a ``head()`` module: "its model
     cannot be {purpose}".
     """
     if not hasattr(detector.scorer_, "head"):
