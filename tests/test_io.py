@@ -201,8 +201,9 @@ def test_a_list_of_paths_splits_like_any_x_in_a_grid_search(tmp_path):
     y = np.r_[np.ones(20), -np.ones(6)]
     split = [(np.arange(14), np.arange(14, 26))]
     search = GridSearchCV(tiny_detector(), {"scorer": ["nnd", "lh"]}, scoring="roc_auc",
-                          cv=split).fit(paths, y)  # fmt: skip
-    assert search.cv_results_["mean_test_score"].shape == (2,)
+                          cv=split, error_score="raise").fit(paths, y)  # fmt: skip
+    scores = search.cv_results_["mean_test_score"]
+    assert scores.shape == (2,) and (scores > 0.9).all()  # flipped gradients stand out (1.0)
 
 
 def test_check_context_reads_a_folder(tmp_path):

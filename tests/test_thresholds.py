@@ -20,6 +20,10 @@ def test_calibration_scores_are_the_leave_one_out_training_scores(fitted, digits
     scores = fitted.calibration_scores_
     assert scores.shape == (100,) and scores.dtype == np.float64
     np.testing.assert_array_equal(fitted.score_samples(train), scores)  # recognised: left out
+    # each image scored with itself in the training set: always more normal than left out
+    embeddings = torch.from_numpy(fitted.embed(train, views="all"))
+    in_sample = fitted.scorer_.score_samples(embeddings).numpy()
+    assert (scores < in_sample).all()
     assert fitted.offset_ == np.percentile(scores, 1)  # contamination="auto" = 0.01
     np.testing.assert_array_equal(fitted.fit_predict(train), fitted.predict(train))
 
