@@ -27,6 +27,8 @@ FIT_OPTIONS = [
     "4",
     "--device",
     "cpu",
+    "--precision",
+    "float32",
     "--random-state",
     "0",
 ]  # fmt: skip (helpers.TINY, spelled with dashes)

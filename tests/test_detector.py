@@ -294,13 +294,13 @@ def test_project_gives_what_the_objective_sees_of_held_out_images(digits, tiny):
 
 @pytest.mark.filterwarnings("ignore:precision='bfloat16' on a CPU without")
 def test_bfloat16_training_is_reproducible_and_leaves_float32_weights(digits, tiny, tmp_path):
-    det = Con2Detector(**tiny, precision="bfloat16", random_state=0).fit(digits[0])
+    det = Con2Detector(**{**tiny, "precision": "bfloat16"}, random_state=0).fit(digits[0])
     assert det.precision_ == "bfloat16"
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in det.encoder_.parameters())
     assert all(np.isfinite(det.loss_curve_))
     again = clone(det).fit(digits[0])
     np.testing.assert_array_equal(det.score_samples(digits[1]), again.score_samples(digits[1]))
-    float32 = Con2Detector(**tiny, precision="float32", random_state=0).fit(digits[0])
+    float32 = Con2Detector(**{**tiny, "precision": "float32"}, random_state=0).fit(digits[0])
     assert float32.precision_ == "float32"
     assert not np.array_equal(det.score_samples(digits[1]), float32.score_samples(digits[1]))
     det.save(tmp_path / "m.con2")

@@ -15,7 +15,8 @@ from con2.plotting import context_embeddings, plot_embeddings, plot_loss_curve, 
 def setup():
     X, y = load_digits_images()
     det = Con2Detector(context="invert", base_width=4, n_epochs=2, batch_size=16,
-                       n_test_augmentations=4, device="cpu", random_state=0)  # fmt: skip
+                       n_test_augmentations=4, device="cpu", precision="float32",
+                       random_state=0)  # fmt: skip
     det.fit(X[y == 0][:80])
     return det, X[y == 0][:80], X[y == 0][80:], X[y == 1]
 
