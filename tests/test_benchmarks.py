@@ -724,14 +724,17 @@ def test_the_frontier_preset_trains_for_twenty_minutes_as_priced(benchmarks):
     }
 
 
-def test_the_estimate_of_what_remains_counts_fits_that_run_at_once(harness):
+def test_the_estimate_of_what_remains_counts_fits_that_run_at_once(harness, monkeypatch):
     harness, _ = harness
     todo = [(0, 0, "a"), (1, 0, "a"), (2, 0, "a"), (3, 0, "b")]
     assert harness.Eta(todo).tick("a", 120.0).endswith("3 fits left, about 6 min")
     assert harness.Eta(todo, parallel=2).tick("a", 120.0).endswith("3 fits left, about 3 min")
     last = harness.Eta(todo[:2], parallel=2)
     assert last.tick("a", 120.0).endswith("1 fits left, about 2 min")  # one fit: no sharing
-    assert harness.parallel_fits("local") == os.cpu_count() and harness.parallel_fits(None) == 1
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 7)
+    assert harness.parallel_fits("local") == 7 and harness.parallel_fits(None) == 1
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: None)  # unknown: one at a time
+    assert harness.parallel_fits("local") == 1
 
 
 def test_the_recorded_commit_is_dirty_for_code_changes_not_for_results(harness, tmp_path):
