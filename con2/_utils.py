@@ -21,9 +21,7 @@ import torch
 from sklearn.utils import check_random_state
 
 # Frames in these folders are not the user's code: warnings point past them.
-_LIBRARY_FOLDERS = tuple(
-    os.path.dirname(m.__file__) + os.sep for m in (sklearn, sys.modules[__name__])
-)
+_LIBRARY_FOLDERS = (os.path.dirname(sklearn.__file__) + os.sep, os.path.dirname(__file__) + os.sep)
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

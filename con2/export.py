@@ -154,12 +154,12 @@ def metadata(detector) -> dict:
             params[key] = repr(value)
     params["scorer"] = _name(SCORERS, detector.scorer_) or repr(detector.scorer_)
     contexts = [_name(CONTEXTS, c) or repr(c) for c in detector.contexts_]
-    module_dtype = str(_input_dtype(check_value_range(detector.value_range)))
+    module_dtype = str(_input_dtype(check_value_range(detector.value_range))).split(".")[-1]
     return {
         "con2_version": __version__,
         "parameters": json.dumps(params),
         "image_shape": json.dumps(list(detector.image_shape_)),
-        "input_dtype": module_dtype.removeprefix("torch."),
+        "input_dtype": module_dtype,
         "value_range": json.dumps(_plain("value_range", detector.value_range)),
         "contexts": json.dumps(contexts),
         "scorer": params["scorer"],
