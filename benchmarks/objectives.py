@@ -270,7 +270,7 @@ def readme_text(results) -> str:
     if copied:
         lines += ["", f"Con2's fits are those of `{'`, `'.join(copied)}` (the same setting, "
                   "trained once, copied by `--con2-from`)."]  # fmt: skip
-    missing = [f"{o} seed {seed} on classes {', '.join(map(str, classes))}"
+    missing = [f"{o} seed {seed} on class{'es' * (len(classes) > 1)} {', '.join(map(str, classes))}"
                for (o, seed), classes in not_run(results, objectives).items()]  # fmt: skip
     if missing:
         lines += ["", f"**Partial:** not run yet: {'; '.join(missing)}."]
