@@ -200,7 +200,9 @@ class ResultsFile:
     def add(self, key, name: str | None, result: dict) -> None:
         """Store one finished result in the row of ``key`` and save the file.
 
-        ``name`` None merges ``result``'s keys into the row itself.
+        ``name`` None merges ``result``'s keys into the row itself. The fit's checkpoint
+        (:meth:`checkpoint`), if any, is removed once the result is saved (its folder, once
+        empty, by :meth:`finish`: fits still training write to it).
         """
         row = self.row(key)
         if name is None:
@@ -208,6 +210,26 @@ class ResultsFile:
         else:
             row[name] = result
         self.save()
+        if name is not None:
+            self._checkpoint_file(key, name).unlink(missing_ok=True)
+
+    def checkpoint(self, key, name: str) -> Path:
+        """Return the checkpoint file of one fit of this table, creating its folder.
+
+        A run killed mid-fit leaves it, and the same command resumes that fit from its last
+        epoch (``run_con2``'s ``checkpoint``) instead of training it again from the start.
+        """
+        path = self._checkpoint_file(key, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def _checkpoints(self) -> Path:
+        return self.path.parent / f"{self.path.stem}.checkpoints"
+
+    def _checkpoint_file(self, key, name: str) -> Path:
+        parts = [key] if self.keyed else list(key)
+        return self._checkpoints / f"{'-'.join(map(str, [*parts, name]))}.ckpt"
 
     def start_run(self, command: str, device=None) -> None:
         """Note the command (see :func:`command_line`) and metadata of the run starting now."""
@@ -254,7 +276,18 @@ class ResultsFile:
         """Save a last time if this run added anything; return the file's contents."""
         if self._recorded:
             self.save()
+        if self._checkpoints.is_dir() and not any(self._checkpoints.iterdir()):
+            self._checkpoints.rmdir()
         return self.data
+
+
+def measured_seconds(result: dict) -> float:
+    """Return the seconds one fit took.
+
+    That is ``fit_seconds``, or for a fit resumed from a checkpoint (whose ``fit_seconds``
+    count only from the resumption) the seconds of all its epochs.
+    """
+    return result["train_seconds"] if result.get("resumed") else result["fit_seconds"]
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from _harness import command_line, parse_options, render_block
+from _harness import command_line, measured_seconds, parse_options, render_block
 
 ROOT = Path(__file__).resolve().parent
 OTHER_SCORER = {"lh": "nnd", "nnd": "lh"}  # the scorer shown beside the chosen one
@@ -52,7 +52,7 @@ def points(paths: list, config: str, scorer: str = "lh", seeds=None) -> list:
             "precision": results["settings"].get("precision", "float32"),
             "epochs": results["settings"]["n_epochs"],
             "budget_minutes": _budget(results),
-            "measured_minutes": float(np.mean([r[config]["fit_seconds"] for r in rows]) / 60),
+            "measured_minutes": float(np.mean([measured_seconds(r[config]) for r in rows]) / 60),
             "mean_auroc": float(np.mean(per_class)),
             "worst_class_auroc": float(np.min(per_class)),
             "other_scorer": float(np.mean(_class_means(rows, lambda r: r[config][other]))),

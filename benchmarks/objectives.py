@@ -13,7 +13,8 @@ Each fit is scored by ``nnd`` and ``lh`` on one set of embeddings (as ``oneclass
 and by the objective's own score where it has one (``own``: CSI's score, FIRM's mean
 cosine to the 5 nearest training images); Con2 trains with the ``vflip`` context, the
 others without one. Results go to ``results/objectives-cpu-<minutes>min.json`` as each
-fit finishes; the same command continues an interrupted table. ``--con2-from`` copies
+fit finishes; the same command continues an interrupted table, and an interrupted fit
+from its last complete epoch (checkpoints, as in ``oneclass.py``). ``--con2-from`` copies
 Con2's fits from a ``oneclass.py`` table of the very same setting instead of training
 them again. ``--objectives con2-outliers`` adds Con2 with rotations by 90 and 270 degrees
 as synthetic outliers (``Con2Objective(outliers=["rot90", "rot270"])``, priced by ``cost.py
@@ -89,8 +90,12 @@ def epochs_of(objective: str, minutes: float, precision: str = "float32",
     return max(1, round(con2 * ratio))
 
 
-def run_unit(cls: int, seed: int, objective: str, settings: dict, data) -> tuple:
-    """One (class, seed, objective): its result and its seconds (here or on a Dask worker)."""
+def run_unit(cls: int, seed: int, objective: str, settings: dict, data,
+             checkpoint=None) -> tuple:  # fmt: skip
+    """One (class, seed, objective): its result and its seconds (here or on a Dask worker).
+
+    ``checkpoint``: the fit's checkpoint file (see ``run_con2``).
+    """
     X_train_all, y_train, X_test, y_test = fashion_mnist(data)
     normal = class_images(X_train_all, y_train, cls)
     is_normal = np.where(y_test == cls, 1, -1)
@@ -98,7 +103,8 @@ def run_unit(cls: int, seed: int, objective: str, settings: dict, data) -> tuple
     started = time.perf_counter()
     param = OBJECTIVE_PARAMS.get(objective, lambda: objective)()
     result = run_con2(normal, X_test, is_normal, context, {**settings, "objective": param},
-                      seed, labels=y_test, own_scorer=own and OWN_SCORERS[own]())  # fmt: skip
+                      seed, labels=y_test, own_scorer=own and OWN_SCORERS[own](),
+                      checkpoint=checkpoint)  # fmt: skip
     return result, time.perf_counter() - started
 
 
@@ -134,7 +140,8 @@ def main(minutes: float = 6.0, classes: tuple = tuple(range(10)), seeds: tuple =
         todo = copy_con2_fits(results, todo, source, {**base, "n_epochs": epochs["con2"]})
     print(f"{len(units) - len(todo)} of {len(units)} fits already in {path}; {len(todo)} to run;"
           f" epochs {epochs}", flush=True)  # fmt: skip
-    calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data) for c, s, o in todo]
+    calls = [(c, s, o, {**base, "n_epochs": epochs[o]}, data, results.checkpoint((c, s), o))
+             for c, s, o in todo]  # fmt: skip
     started, n_parallel = time.perf_counter(), parallel_fits(dask)
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
         cls, seed, objective = todo[i]

@@ -12,7 +12,9 @@ seed, in one run:
 
 Results go to a JSON file as each (class, seed, configuration) finishes; the same command
 run again skips what the file already holds, so a table that needs hours is built across
-several runs (an interrupted run loses at most the fit in progress). A context
+several runs. A fit in progress saves its training state after every epoch (in
+``results/<table>.checkpoints/``, removed once its result is saved), so an interrupted
+run loses at most the epoch in progress: the same command resumes the fit. A context
 ``vflip+invert`` trains with both contexts at once (the paper's multi-context variant).
 ``--write-readme`` also renders the table into ``benchmarks/README.md`` between markers.
 
@@ -125,7 +127,8 @@ def main(
     ))  # fmt: skip
     add_rows(results, todo, contexts, n_train, data)
     clock = Eta(todo, parallel_fits(dask))
-    for (cls, seed, name), result, seconds in run_units(todo, settings, n_train, data, dask):
+    for (cls, seed, name), result, seconds in run_units(todo, settings, n_train, data, dask,
+                                                        results):  # fmt: skip
         results.add((cls, seed), None if name == "pixels" else name, result)
         print(f"class {cls} seed {seed} {summary(name, result)}; {clock.tick(name, seconds)}",
               flush=True)  # fmt: skip
@@ -174,10 +177,12 @@ def add_rows(results: ResultsFile, todo: list, contexts: tuple, n_train, data) -
         results.add_row((cls, seed), n_train=len(normal), checks=checks)
 
 
-def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data) -> tuple:
+def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data,
+             checkpoint=None) -> tuple:  # fmt: skip
     """One (class, seed, configuration) of the table: its result and its seconds.
 
     Runs in this process or on a Dask worker (which reads the data itself).
+    ``checkpoint``: the Con2 fit's checkpoint file (see ``run_con2``).
     """
     X_train_all, y_train, X_test, y_test = fashion_mnist(data)
     normal = class_images(X_train_all, y_train, cls, n_train)
@@ -187,14 +192,23 @@ def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data) -> t
         result = run_baselines(normal, X_test.reshape(len(X_test), -1) / 255.0, is_normal, seed)
     else:
         result = run_con2(
-            normal, X_test, is_normal, parse_context(name), settings, seed, labels=y_test
-        )
+            normal, X_test, is_normal, parse_context(name), settings, seed,
+            labels=y_test, checkpoint=checkpoint,
+        )  # fmt: skip
     return result, time.perf_counter() - started
 
 
-def run_units(todo: list, settings: dict, n_train, data, dask: str | None):
-    """Yield ``(unit, result, seconds)`` for every unit, as each finishes (see ``fan_out``)."""
-    calls = [(*unit, settings, n_train, data) for unit in todo]
+def run_units(todo: list, settings: dict, n_train, data, dask: str | None, results=None):
+    """Yield ``(unit, result, seconds)`` for every unit, as each finishes (see ``fan_out``).
+
+    With ``results`` (the table's ``ResultsFile``), each Con2 fit checkpoints to its file.
+    """
+
+    def checkpoint(cls, seed, name):
+        con2 = results is not None and name != "pixels"
+        return results.checkpoint((cls, seed), name) if con2 else None
+
+    calls = [(*unit, settings, n_train, data, checkpoint(*unit)) for unit in todo]
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
         yield todo[i], result, seconds
 

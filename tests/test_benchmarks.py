@@ -171,6 +171,39 @@ def test_oneclass_resumes_an_interrupted_table_and_skips_finished_fits(toy_onecl
     assert "| std over seeds (mean over classes with 2+ seeds) |" in text
 
 
+@pytest.mark.filterwarnings("ignore:n_neighbors .* is greater than")
+def test_a_fit_killed_mid_training_resumes_from_its_checkpoint(toy_oneclass, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    run, _, oneclass = toy_oneclass
+    monkeypatch.setitem(oneclass.PRESETS, "toy", {**TOY, "n_epochs": 3})
+    whole = run(tmp_path / "whole.json", classes=(0,), contexts=("vflip",))
+    import con2._training as training
+
+    real, epochs = training.train_epoch, []
+
+    def killed_in_the_third_epoch(*args, **kwargs):
+        epochs.append(args[4])  # the epoch's index
+        if len(epochs) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_epoch", killed_in_the_third_epoch)
+    out = tmp_path / "killed.json"
+    with pytest.raises(KeyboardInterrupt):
+        run(out, classes=(0,), contexts=("vflip",))
+    checkpoints = tmp_path / "killed.checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["0-0-vflip.ckpt"]
+    assert not out.exists()  # the Con2 fit runs first: nothing was finished
+    epochs.clear()
+    resumed = run(out, classes=(0,), contexts=("vflip",))
+    assert epochs == [2]  # only the epoch the kill interrupted
+    before, after = whole["rows"][0]["vflip"], resumed["rows"][0]["vflip"]
+    assert after["resumed"] is True and "resumed" not in before
+    assert (after["nnd"], after["lh"]) == (before["nnd"], before["lh"])  # the same state
+    assert after["train_seconds"] > 0 and len(after) == len(before) + 1
+    assert not checkpoints.exists()  # removed once the result is saved
+
+
 def test_the_hardware_names_the_cpus_instruction_set_and_threads(harness, one_thread):
     harness, _ = harness
     described = harness.hardware("cpu")
