@@ -871,12 +871,9 @@ def test_each_readme_block_regenerates_from_the_committed_results(name, monkeypa
 RESUMABLE = ("oneclass.py", "frontier.py", "hard_classes.py", "probe.py", "calibration.py",
              "objectives.py")  # fmt: skip
 # What a committed table lacks for its own command: the frontier study is partial, as its
-# README block says (class 5 has no "batch 512" fit on seed 0), and the objectives table
-# of a second seed is still being trained.
+# README block says (class 5 has no "batch 512" fit on seed 0).
 UNFINISHED = {
     ("frontier-study.json", "--classes 2 5 6 --seeds 0 --budget 120"): 1,
-    ("objectives-cpu-6min.json", "--minutes 6 --classes 0 1 2 3 4 5 6 7 8 9 --seeds 1 "
-     "--objectives con2 simclr csi firm --con2-from oneclass-cpu-frontier-6min.json"): 1,
 }  # fmt: skip
 
 
