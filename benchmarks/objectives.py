@@ -289,7 +289,36 @@ def readme_text(results) -> str:
             f"the objective's first seed; left out so far: {'; '.join(so_far)}."
         )
     lines += ["", *shirts_text(results["rows"], objectives, best)]
-    return "\n".join(lines)
+    spread = spread_text(rows, objectives, best)
+    return "\n".join(lines + (["", spread] if spread else []))
+
+
+def spread_text(rows: list, objectives: list, best: dict) -> str:
+    """Return each objective's mean by seed and its difference from Con2, fit by fit.
+
+    Fits are paired with Con2's of the same class and seed (mean difference and its
+    standard error), each objective with its best scorer. Empty where no objective has
+    two seeds and none can be paired with Con2.
+    """
+    by_seed, pairs = [], []
+    for o in objectives:
+        seeds = sorted({r["seed"] for r in rows if o in r})
+        if len(seeds) > 1:
+            means = [100 * np.mean([scores(r, o)[best[o]] for r in rows if o in r
+                                    and r["seed"] == seed]) for seed in seeds]  # fmt: skip
+            by_seed.append(f"{o} " + ", ".join(f"{m:.1f}" for m in means))
+        found = [100 * (scores(r, o)[best[o]] - scores(r, "con2")[best["con2"]])
+                 for r in rows if o != "con2" and o in r and "con2" in r]  # fmt: skip
+        if len(found) > 1:
+            error = np.std(found, ddof=1) / np.sqrt(len(found))
+            pairs.append(f"{o} {np.mean(found):+.1f} ± {error:.1f} ({len(found)} pairs)")
+    text = []
+    if by_seed:
+        text.append(f"Means over the classes, seed by seed: {'; '.join(by_seed)}.")
+    if pairs:
+        text.append("Fit by fit against Con2 on the same class and seed (mean difference ± "
+                    f"its standard error, in points): {'; '.join(pairs)}.")  # fmt: skip
+    return " ".join(text)
 
 
 def not_run(results, objectives: list) -> dict:

@@ -198,17 +198,14 @@ def run_unit(cls: int, seed: int, name: str, settings: dict, n_train, data,
     return result, time.perf_counter() - started
 
 
-def run_units(todo: list, settings: dict, n_train, data, dask: str | None, results=None):
+def run_units(todo: list, settings: dict, n_train, data, dask: str | None, results):
     """Yield ``(unit, result, seconds)`` for every unit, as each finishes (see ``fan_out``).
 
-    With ``results`` (the table's ``ResultsFile``), each Con2 fit checkpoints to its file.
+    Each Con2 fit checkpoints to its file of ``results`` (the table's ``ResultsFile``).
     """
-
-    def checkpoint(cls, seed, name):
-        con2 = results is not None and name != "pixels"
-        return results.checkpoint((cls, seed), name) if con2 else None
-
-    calls = [(*unit, settings, n_train, data, checkpoint(*unit)) for unit in todo]
+    calls = [(cls, seed, name, settings, n_train, data,
+              None if name == "pixels" else results.checkpoint((cls, seed), name))
+             for cls, seed, name in todo]  # fmt: skip
     for i, (result, seconds) in fan_out(run_unit, calls, dask):
         yield todo[i], result, seconds
 

@@ -1077,6 +1077,29 @@ def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_pat
     assert (tmp_path / "results" / "objectives-cpu-0.2min.json").read_text() == before
 
 
+def test_the_objectives_block_gives_means_by_seed_and_differences_paired_with_con2(
+    monkeypatch,
+):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    def fit(lh):
+        return {"nnd": 0.5, "lh": lh}
+
+    # simclr - con2 over the four (class, seed): +1, +3, +2, +2 points
+    rows = [
+        {"class": c, "seed": s, "con2": fit(0.90), "simclr": fit(0.90 + d / 100)}
+        for (c, s), d in zip([(0, 0), (1, 0), (0, 1), (1, 1)], [1, 3, 2, 2], strict=True)
+    ]
+    text = objectives.spread_text(rows, ["con2", "simclr"], {"con2": "lh", "simclr": "lh"})
+    error = np.std([1, 3, 2, 2], ddof=1) / 2  # 0.41 points
+    assert "seed by seed: con2 90.0, 90.0; simclr 92.0, 92.0." in text
+    assert f"simclr +2.0 ± {error:.1f} (4 pairs)." in text and "con2 +" not in text
+    one_seed = [row for row in rows if row["seed"] == 0][:1]  # one pair: nothing to say
+    best = {"con2": "lh", "simclr": "lh"}
+    assert objectives.spread_text(one_seed, ["con2", "simclr"], best) == ""
+
+
 def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks, tmp_path):
     oneclass, _, _ = benchmarks
 
