@@ -288,9 +288,9 @@ def readme_text(results) -> str:
             " A seed enters an objective's column once it has all the classes of "
             f"the objective's first seed; left out so far: {'; '.join(so_far)}."
         )
-    lines += ["", *shirts_text(results["rows"], objectives, best)]
+    shirts = shirts_text(results["rows"], objectives, best)
     spread = spread_text(rows, objectives, best)
-    return "\n".join(lines + (["", spread] if spread else []))
+    return "\n".join(lines + (["", *shirts] if shirts else []) + (["", spread] if spread else []))
 
 
 def spread_text(rows: list, objectives: list, best: dict) -> str:
