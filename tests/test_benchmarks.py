@@ -1091,13 +1091,12 @@ def test_the_objectives_block_gives_means_by_seed_and_differences_paired_with_co
         {"class": c, "seed": s, "con2": fit(0.90), "simclr": fit(0.90 + d / 100)}
         for (c, s), d in zip([(0, 0), (1, 0), (0, 1), (1, 1)], [1, 3, 2, 2], strict=True)
     ]
-    text = objectives.spread_text(rows, ["con2", "simclr"], {"con2": "lh", "simclr": "lh"})
+    names, best = ["con2", "simclr"], {"con2": "lh", "simclr": "lh"}
+    text = objectives.spread_text(rows, names, best)
     error = np.std([1, 3, 2, 2], ddof=1) / 2  # 0.41 points
     assert "seed by seed: con2 90.0, 90.0; simclr 92.0, 92.0." in text
     assert f"simclr +2.0 ± {error:.1f} (4 pairs)." in text and "con2 +" not in text
-    one_seed = [row for row in rows if row["seed"] == 0][:1]  # one pair: nothing to say
-    best = {"con2": "lh", "simclr": "lh"}
-    assert objectives.spread_text(one_seed, ["con2", "simclr"], best) == ""
+    assert objectives.spread_text(rows[:1], names, best) == ""  # one pair: nothing to say
 
 
 def test_a_table_at_float32_epochs_is_compared_with_the_float32_fits(benchmarks, tmp_path):
