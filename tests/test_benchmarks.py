@@ -363,8 +363,10 @@ def test_the_precision_table_saves_each_case_and_a_rerun_measures_only_the_missi
         readme.read_text())  # fmt: skip
 
 
-def test_the_views_table_profiles_a_real_fit_and_writes_its_share(benchmarks, tmp_path):
+def test_the_views_table_profiles_a_real_fit_and_writes_its_share(benchmarks, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
     _, throughput, readme = benchmarks
+    monkeypatch.setattr(throughput, "step_batch", lambda width, size: 8)  # not 256 at 128 px
     out = tmp_path / "v.json"
     result = throughput.views_main(str(out), write_readme=True, threads=(1,), widths=(2,))
     row = result["rows"]["w2 1t"]
