@@ -1,6 +1,7 @@
 """Functions that spawned test processes run: each is one rank of a gloo process group."""
 
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -109,16 +110,23 @@ class PlainGatherGroup(Group):
         return torch.cat(parts)
 
 
-def gradient_worker(rank, world, port, folder, control, objective="con2"):
-    """One rank's DDP gradients for its shard of the same global batch."""
+def gradient_worker(rank, world, port, folder, objectives):
+    """One rank's DDP gradients for its shard of the same global batch, per objective.
+
+    Saved as ``grads{rank}-{objective}.pt``, and ``...-control.pt`` for the same step with
+    the plain gather of :class:`PlainGatherGroup`; every objective in one process group,
+    so the processes start once.
+    """
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)  # fmt: skip
     try:
-        torch.manual_seed(0)
-        encoder = DistributedDataParallel(tiny_encoder(objective))
-        group = (PlainGatherGroup if control else Group)(rank, world)
-        grads = step_gradients(encoder, tiny_batch(), torch.arange(6), group, objective)
-        torch.save(grads, Path(folder) / f"grads{rank}.pt")
+        for objective, control in itertools.product(objectives, (False, True)):
+            torch.manual_seed(0)
+            encoder = DistributedDataParallel(tiny_encoder(objective))
+            group = (PlainGatherGroup if control else Group)(rank, world)
+            grads = step_gradients(encoder, tiny_batch(), torch.arange(6), group, objective)
+            name = f"grads{rank}-{objective}" + ("-control" if control else "")
+            torch.save(grads, Path(folder) / f"{name}.pt")
     finally:
         dist.destroy_process_group()
 

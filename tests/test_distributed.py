@@ -33,22 +33,32 @@ def spawn(function, *args, world=2):
     mp.spawn(function, args=(world, free_port(), *args), nprocs=world, join=True)
 
 
-@pytest.mark.parametrize("objective", ["con2", "csi", "firm", "con2-outliers"])
-def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(tmp_path, objective):
+OBJECTIVES = ["con2", "csi", "firm", "con2-outliers"]
+
+
+@pytest.fixture(scope="module")
+def rank_gradients(tmp_path_factory):
+    """The folder of every rank's gradients, of every objective, from one spawn."""
+    folder = tmp_path_factory.mktemp("gradients")
+    spawn(gradient_worker, str(folder), OBJECTIVES)
+    return folder
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_each_rank_gets_the_single_process_gradient_of_the_global_batch(rank_gradients,
+                                                                        objective):  # fmt: skip
     torch.manual_seed(0)
     single = step_gradients(tiny_encoder(objective), tiny_batch(), torch.arange(6),
                             objective=objective)  # fmt: skip
-    spawn(gradient_worker, str(tmp_path), False, objective)
     for rank in (0, 1):  # different data on each rank, the same averaged gradient
-        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        grads = torch.load(rank_gradients / f"grads{rank}-{objective}.pt")
         for name, expected in single.items():
             # float32 sums over ranks round differently from the whole batch's (CSI's
             # rotation head once differed by 1.7e-7 on a gradient of 4e-3); the negative
             # control below differs by more than 1e-2 of the largest gradient
             torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=1e-6)
     # Negative control: the same loss with a plain gather, no gradient to other ranks
-    spawn(gradient_worker, str(tmp_path), True, objective)
-    control = torch.load(tmp_path / "grads0.pt")
+    control = torch.load(rank_gradients / f"grads0-{objective}-control.pt")
     worst = max(float((control[k] - v).abs().max() / v.abs().max()) for k, v in single.items())
     assert worst > 1e-2
 
