@@ -1,5 +1,13 @@
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: share the cores out so that N workers (and the processes their tests
+    # start, which inherit this) do not oversubscribe them, as joblib's loky workers do.
+    # Set before torch is imported: its thread pool reads it once.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
 import numpy as np
 import pytest
 import torch
