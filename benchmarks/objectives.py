@@ -273,10 +273,9 @@ def readme_text(results) -> str:
               "their own papers; see [Literature](#literature-not-run-here)), after their "
               "own training (not our budget). CSI and FIRM report no Fashion-MNIST figures "
               "we could read."]  # fmt: skip
-    copied = sorted({r["con2"]["copied_from"] for r in rows if "copied_from" in r.get("con2", {})})
+    copied = copied_text(rows)
     if copied:
-        lines += ["", f"Con2's fits are those of `{'`, `'.join(copied)}` (the same setting, "
-                  "trained once, copied by `--con2-from`)."]  # fmt: skip
+        lines += ["", copied]
     missing = [f"{o} seed {seed} on class{'es' * (len(classes) > 1)} {', '.join(map(str, classes))}"
                for (o, seed), classes in not_run(results, objectives).items()]  # fmt: skip
     if missing:
@@ -291,6 +290,33 @@ def readme_text(results) -> str:
     shirts = shirts_text(results["rows"], objectives, best)
     spread = spread_text(rows, objectives, best)
     return "\n".join(lines + (["", *shirts] if shirts else []) + (["", spread] if spread else []))
+
+
+def copied_text(rows: list) -> str:
+    """Say which of Con2's fits ``--con2-from`` copied (empty where it copied none)."""
+    copied, trained = {}, False
+    for row in rows:
+        if "con2" in row:
+            source = row["con2"].get("copied_from")
+            trained |= source is None
+            if source:
+                copied.setdefault(source, {}).setdefault(row["seed"], []).append(row["class"])
+    if not copied:
+        return ""
+    if not trained:
+        return (f"Con2's fits are those of `{'`, `'.join(sorted(copied))}` (the same setting, "
+                "trained once, copied by `--con2-from`).")  # fmt: skip
+    parts = []
+    for source, by_seed in sorted(copied.items()):
+        fits = []
+        for seed, classes in sorted(by_seed.items()):
+            every = sorted(classes) == sorted(r["class"] for r in rows
+                                              if "con2" in r and r["seed"] == seed)  # fmt: skip
+            named = f"class{'es' * (len(classes) > 1)} {', '.join(map(str, sorted(classes)))}"
+            fits.append(f"seed {seed} on {'every class' if every else named}")
+        parts.append(f"from `{source}`, {' and '.join(fits)}")
+    return ("Con2's fits copied by `--con2-from` (the same setting, trained once) "
+            f"{'; '.join(parts)}; its other fits were trained here.")  # fmt: skip
 
 
 def spread_text(rows: list, objectives: list, best: dict) -> str:

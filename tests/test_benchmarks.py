@@ -1168,11 +1168,34 @@ def test_objectives_copy_con2_fits_of_the_same_setting_only(tmp_path, monkeypatc
     copied, trained = (row["con2"] for row in results["rows"])
     assert copied == {**fit, "n_epochs": 2, "copied_from": "oneclass-toy.json"}
     assert "copied_from" not in trained and trained["nnd"] > 0.9  # class 1: trained here
-    assert "Con2's fits are those of `oneclass-toy.json`" in (tmp_path / "README.md").read_text()
+    assert ("Con2's fits copied by `--con2-from` (the same setting, trained once) from "
+            "`oneclass-toy.json`, seed 0 on class 0; its other fits were trained here."
+            ) in (tmp_path / "README.md").read_text()  # fmt: skip
     source.write_text(json.dumps({**table, "settings": {**preset, "n_epochs": 3}}))
     with pytest.raises(ValueError, match="n_epochs': 3"):  # another setting: nothing copied
         objectives.main(**{**run, "out": str(tmp_path / "other.json")})
     assert not (tmp_path / "other.json").exists()
+
+
+def test_objectives_tables_say_which_con2_fits_were_copied(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives
+
+    def row(cls, seed, source=None):
+        return {"class": cls, "seed": seed, "csi": {},
+                "con2": {"copied_from": source} if source else {}}  # fmt: skip
+
+    every = [row(c, s, "a.json") for c in range(3) for s in (0, 1)]
+    assert objectives.copied_text(every) == (
+        "Con2's fits are those of `a.json` (the same setting, trained once, copied by "
+        "`--con2-from`).")  # fmt: skip
+    assert objectives.copied_text([row(0, 0), {"class": 1, "seed": 0, "csi": {}}]) == ""
+    mixed = [row(0, 0, "a.json"), row(1, 0, "a.json"), row(0, 1, "a.json"), row(1, 1),
+             row(2, 1, "a.json")]  # fmt: skip
+    assert objectives.copied_text(mixed) == (
+        "Con2's fits copied by `--con2-from` (the same setting, trained once) from "
+        "`a.json`, seed 0 on every class and seed 1 on classes 0, 2; its other fits were "
+        "trained here.")  # fmt: skip
 
 
 def test_shirts_per_anomaly_come_from_every_fit_that_recorded_them(monkeypatch):
