@@ -255,6 +255,12 @@ class ResultsFile:
         ran_at = self.data.setdefault("command_commits", {}).setdefault(command, [])
         if commit not in ran_at:
             ran_at.append(commit)
+        # every machine the runs that added something ran on, in order: a table trained
+        # over sessions on different CPUs names them all (``hardware`` stays the latest's)
+        machines = self.data.setdefault("hardwares", [self.data.get("hardware")] if
+                                        self.data.get("hardware") else [])  # fmt: skip
+        if run["hardware"] not in machines:
+            machines.append(run["hardware"])
         self.data.update(command=command, hardware=run["hardware"], commit=commit)
         self.data.setdefault("date", run["date"])
 
@@ -320,11 +326,13 @@ def render_block(readme: Path, name: str, body: str) -> None:
 def run_header(results) -> str:
     """Say when, where and at which code a results file ran: "Run <date> on <hardware>...".
 
-    The dates run from the first run's to the last one's where the file records both;
+    The dates run from the first run's to the last one's where the file records both,
+    the hardware names every machine the runs ran on (the first first);
     the commits are left out where a file from before they were recorded has none.
     """
     dates = results["date"] + (f" to {results['updated']}" if "updated" in results else "")
-    header = f"Run {dates} on {results['hardware']}"
+    machines = results.get("hardwares") or [results["hardware"]]
+    header = f"Run {dates} on {' and on '.join(machines)}"
     if results.get("commit") is None and not results.get("command_commits"):
         return header
     return f"{header}, {code_at(results)}"

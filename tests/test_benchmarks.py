@@ -243,8 +243,39 @@ def test_a_table_built_at_several_commits_names_each_one(harness, tmp_path, monk
     del saved["command_commits"]
     assert harness.command_lines(saved) == ["    first", "    second"]
     # a file from before commits were recorded at all: its header names none
-    del saved["commit"], saved["updated"]
+    del saved["commit"], saved["updated"], saved["hardwares"]
     assert harness.run_header({**saved, "hardware": "h"}) == f"Run {saved['date']} on h"
+
+
+def test_a_table_trained_on_several_machines_names_each_one(harness, tmp_path, monkeypatch):
+    harness, _ = harness
+    monkeypatch.setattr(harness, "git_commit", lambda: "aaa")
+    path = tmp_path / "t.json"
+    # a file from before the machines were kept: its one machine comes first
+    path.write_text(json.dumps({"rows": [], "command": "c", "hardware": "EPYC (AVX2)",
+                                "date": "2026-12-06"}))  # fmt: skip
+    for run, machine in enumerate(("Xeon (AVX512)", "EPYC (AVX2)", "Xeon (AVX512)")):
+        monkeypatch.setattr(harness, "hardware", lambda device=None, machine=machine: machine)
+        results = harness.ResultsFile(path)
+        results.start_run("c")
+        results.add_row((run, 0), n_train=1)
+        results.add((run, 0), "vflip", {"lh": 0.5})
+        results.finish()
+    saved = json.loads(path.read_text())
+    assert saved["hardwares"] == ["EPYC (AVX2)", "Xeon (AVX512)"]
+    assert saved["hardware"] == "Xeon (AVX512)"  # the latest run's, as before
+    assert harness.run_header(saved).startswith(
+        f"Run 2026-12-06 to {saved['updated']} on EPYC (AVX2) and on Xeon (AVX512), code at"
+    )
+    # a run that adds nothing does not name its machine
+    monkeypatch.setattr(harness, "hardware", lambda device=None: "ARM")
+    results = harness.ResultsFile(path)
+    results.start_run("c")
+    results.finish()
+    assert json.loads(path.read_text())["hardwares"] == ["EPYC (AVX2)", "Xeon (AVX512)"]
+    # a file without the list names its one machine
+    del saved["hardwares"]
+    assert " on Xeon (AVX512), code at" in harness.run_header(saved)
 
 
 def test_a_table_from_before_commits_were_kept_per_command_keeps_its_own(harness, tmp_path,
