@@ -95,7 +95,10 @@ class Con2Detector(OutlierMixin, BaseEstimator):
         says). ``"auto"``: bfloat16 on CUDA and on CPUs that compute it in hardware
         (AVX512-BF16, AMX or ARM BF16), float32 elsewhere, by that fixed rule and never
         by timing. bfloat16 on a CPU without hardware support is slower and warns.
-        ``precision_`` says which a fit used.
+        On the CPU, an encoder with a strided convolution over maps one pixel wide
+        (ResNet18 on images under 5 pixels wide) trains in float32 under ``"auto"``
+        and refuses ``"bfloat16"``: the CPU's bfloat16 gradient of such a convolution
+        is garbage on some CPUs. ``precision_`` says which a fit used.
     compile : bool, default=False
         Train through ``torch.compile(encoder)``: a one-off compilation (tens of
         seconds), then faster steps on a GPU. The fitted ``encoder_`` is the plain module.

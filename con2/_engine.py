@@ -30,6 +30,7 @@ from con2._persistence import check_output, checkpoint_for
 from con2._training import (
     EpochPlan,
     Schedule,
+    bfloat16_faulty_convolutions,
     fast_math,
     fit_encoder,
     make_views,
@@ -133,7 +134,8 @@ def _fit_images(detector, components, images, on_disk, group, device) -> dict:
 
         encoder = build_encoder(detector.backbone, detector.base_width, image_shape, seed, heads)
     augment = SimCLRAugment()
-    precision = resolve_precision(detector.precision, device)
+    faulty = bfloat16_faulty_convolutions(encoder, image_shape) if device.type == "cpu" else ()
+    precision = resolve_precision(detector.precision, device, faulty)
     plan = EpochPlan(images=place_images(images, device), contexts=contexts, augment=augment,
                      objective=objective, batch_size=min(detector.batch_size, n_samples),
                      seed=seed, device=device, group=group, precision=precision)  # fmt: skip

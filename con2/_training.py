@@ -165,16 +165,27 @@ _MEMORY_FORMATS = {
 }
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
+def resolve_precision(precision: str, device: torch.device, faulty: tuple = ()) -> Precision:
     """Turn the ``precision`` parameter into a :class:`Precision` on ``device``.
 
     ``"auto"`` is bfloat16 on CUDA and on CPUs that compute it in hardware
     (:func:`con2._utils.native_bfloat16`), float32 elsewhere. bfloat16 asked for on a CPU
-    without it is honoured, with a warning that it will be slow.
+    without it is honoured, with a warning that it will be slow. ``faulty`` names the
+    encoder's convolutions whose bfloat16 gradient the CPU gets wrong
+    (:func:`bfloat16_faulty_convolutions`): with any, ``"auto"`` is float32 on the CPU
+    and ``"bfloat16"`` there is refused.
     """
     native = device.type == "cuda" or native_bfloat16()
+    faulty = tuple(faulty) if device.type == "cpu" else ()
     if precision == "auto":
-        precision = "bfloat16" if native else "float32"
+        precision = "bfloat16" if native and not faulty else "float32"
+    if precision == "bfloat16" and faulty:
+        raise ValueError(
+            f"precision='bfloat16' cannot train this encoder on the CPU: {_ONE_PIXEL_WIDE} "
+            f"({', '.join(faulty)}), and the CPU's bfloat16 weight gradient of such a "
+            "convolution is garbage (NaN). Use precision='float32' (or 'auto', which "
+            "chooses it here), or images at least 5 pixels wide for the built-in ResNet18."
+        )
     if precision == "bfloat16" and not native:
         warn(
             "precision='bfloat16' on a CPU without native bfloat16 support (AVX512-BF16, "
@@ -183,6 +194,50 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
         )
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     return Precision(dtype, _MEMORY_FORMATS[device.type, dtype])
+
+
+_OR_FLOAT32 = ", or train in float32 (precision='float32')"
+_ONE_PIXEL_WIDE = (
+    "convolutions with a kernel wider than one pixel and a stride above one across the "
+    "width see feature maps one pixel wide"
+)
+
+
+def bfloat16_faulty_convolutions(encoder: nn.Module, image_shape: tuple) -> tuple:
+    """Name the convolutions of ``encoder`` whose bfloat16 weight gradient the CPU gets wrong.
+
+    With torch 2.14.1 on an Intel Xeon with AMX, the bfloat16 (autocast) weight gradient
+    of a ``Conv2d`` whose input is one pixel wide, whose kernel is wider than one pixel
+    and whose stride across the width is above one holds uninitialised values (NaN in
+    a fifth to a half of the calls): oneDNN's kernel for that shape. float32 is right, and
+    so is every other shape measured (inputs 1 to 6 pixels a side, kernels 1, 3 and 7,
+    strides 1 and 2). The built-in ResNet18 meets it on images under 5 pixels wide (1 x
+    ``n_features`` tables of 4 features or fewer). A probe forward pass on a zero batch of
+    ``image_shape`` finds them in any backbone, without updating batch-norm statistics.
+    """
+    found = []
+
+    def hook(name):
+        def check(module, args):
+            if args[0].shape[-1] == 1 and module.kernel_size[-1] > 1 and module.stride[-1] > 1:
+                found.append(name)
+
+        return check
+
+    convolutions = [(n, m) for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in convolutions]
+    parameter = next(encoder.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(2, *image_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        encoder.train(was_training)
+    return tuple(found)
 
 
 def train_step(encoder, objective, optimizer, batch: tuple, progress: float, group=None,
@@ -377,7 +432,8 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
             raise FloatingPointError(
                 f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
                 f"(now {schedule.learning_rate}) or raise the objective's temperature "
-                f"({plan.objective!r}); the estimator keeps its previous state."
+                f"({plan.objective!r}){_OR_FLOAT32 if plan.precision.name == 'bfloat16' else ''}"
+                "; the estimator keeps its previous state."
             )
         losses.append(loss)
         seconds.append(time.perf_counter() - began)

@@ -15,6 +15,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 import con2
 from con2 import Con2Detector, Con2Objective, GaussianScorer
+from con2._training import resolve_precision
 from con2.networks import ResNet18
 
 
@@ -209,9 +210,16 @@ def test_non_finite_loss_names_the_epoch_and_keeps_the_previous_state(digits, ti
         def loss(self, projections, *args):
             return projections["content"].sum() * float("nan")
 
-    with pytest.raises(FloatingPointError, match=r"epoch 1.*learning_rate"):
+    with pytest.raises(FloatingPointError, match=r"epoch 1.*learning_rate") as error:
         det.set_params(objective=NanObjective()).fit(digits[0])
     assert det.encoder_ is encoder and det.offset_ == offset
+    assert "precision='float32'" not in str(error.value)  # tiny trains in float32
+    with (
+        pytest.raises(FloatingPointError, match=r"learning_rate.*or train in float32"),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "precision='bfloat16' on a CPU without")
+        det.set_params(precision="bfloat16").fit(digits[0])
 
 
 def test_too_few_images_and_single_pixels_are_refused(tiny):
@@ -305,6 +313,20 @@ def test_bfloat16_training_is_reproducible_and_leaves_float32_weights(digits, ti
     assert not np.array_equal(det.score_samples(digits[1]), float32.score_samples(digits[1]))
     det.save(tmp_path / "m.con2")
     assert con2.load(tmp_path / "m.con2").precision_ == "bfloat16"
+
+
+def test_tables_too_narrow_for_bfloat16_train_in_float32_or_are_refused(tiny):
+    """The CPU's bfloat16 weight gradient of a strided convolution on maps one pixel wide
+    is garbage (NaN) on some CPUs (``bfloat16_faulty_convolutions``): a table of two
+    features, read as 1 x 2 images, reaches them in layer3 and layer4."""
+    X = np.random.default_rng(0).random((40, 2))
+    det = Con2Detector(**{**tiny, "precision": "auto", "n_epochs": 1}, random_state=0).fit(X)
+    assert det.precision_ == "float32" and all(np.isfinite(det.loss_curve_))
+    with pytest.raises(ValueError, match=r"cannot train.*layer3\.0\.conv1.*5 pixels wide"):
+        Con2Detector(**{**tiny, "precision": "bfloat16"}, random_state=0).fit(X)
+    # five features are wide enough: "auto" is then what it is for any image on this CPU
+    wide = det.fit(X[:, [0, 1, 0, 1, 0]])
+    assert wide.precision_ == resolve_precision("auto", torch.device("cpu")).name
 
 
 @pytest.mark.slow

@@ -268,22 +268,23 @@ def test_user_written_components_are_not_saved_weights_only(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_scores_are_bitwise_identical_across_processes(digits, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "auto"])  # auto: bfloat16 on some CPUs
+def test_scores_are_bitwise_identical_across_processes(digits, tmp_path, precision):
     np.save(tmp_path / "train.npy", digits[0])
     np.save(tmp_path / "test.npy", digits[1])
+    detector = tiny(precision=precision)
     script = textwrap.dedent(
         f"""
         import numpy as np
         from con2 import Con2Detector
-        det = Con2Detector(context="invert", base_width=4, n_epochs=2, batch_size=16,
-                           n_test_augmentations=4, device="cpu", random_state=0)
+        det = Con2Detector(**{detector.get_params()!r})
         det.fit(np.load({str(tmp_path / "train.npy")!r}))
         test = np.load({str(tmp_path / "test.npy")!r})
         np.save({str(tmp_path / "scores.npy")!r}, det.score_samples(test))
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True)
-    here = tiny().fit(digits[0]).score_samples(digits[1])
+    here = detector.fit(digits[0]).score_samples(digits[1])
     np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), here)
 
 

@@ -92,6 +92,44 @@ def test_auto_precision_is_bfloat16_on_cuda_and_on_cpus_that_compute_it(monkeypa
     assert training_module.resolve_precision("float32", torch.device("cpu")).dtype == torch.float32
 
 
+@pytest.mark.parametrize(("width", "faulty"), [
+    (1, ["layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]),
+    (2, ["layer3.0.conv1", "layer4.0.conv1"]),
+    (4, ["layer4.0.conv1"]),
+    (5, []),
+])  # fmt: skip
+def test_faulty_bfloat16_convolutions_are_the_strided_ones_on_one_pixel_wide_maps(width, faulty):
+    # ResNet18's small stem keeps the width; layer2, 3 and 4 open with a 3x3 stride-2
+    # convolution (their 1x1 stride-2 shortcuts are not faulty)
+    encoder = Encoder(ResNet18(1, 4), Con2Objective().heads(32, 1))
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+    encoder.train()
+    found = training_module.bfloat16_faulty_convolutions(encoder, (1, 3, width))
+    assert found == tuple(f"backbone.{name}" for name in faulty)
+    assert encoder.training  # restored, and no batch-norm statistic moved
+    assert all(torch.equal(v, state[k]) for k, v in encoder.state_dict().items())
+
+
+def test_faulty_bfloat16_convolutions_are_found_in_any_backbone():
+    across = torch.nn.Conv2d(1, 2, 3, stride=(1, 2), padding=1)  # strides across the width
+    down = torch.nn.Conv2d(2, 2, 3, stride=(2, 1), padding=1)  # only down the height
+    net = torch.nn.Sequential(across, down)
+    assert training_module.bfloat16_faulty_convolutions(net, (1, 4, 1)) == ("0",)
+    assert training_module.bfloat16_faulty_convolutions(net, (1, 4, 3)) == ()
+
+
+def test_auto_precision_avoids_faulty_convolutions_and_bfloat16_refuses_them(monkeypatch):
+    monkeypatch.setattr(training_module, "native_bfloat16", lambda: True)
+    cpu, cuda, faulty = torch.device("cpu"), torch.device("cuda"), ("backbone.layer4.0.conv1",)
+    assert training_module.resolve_precision("auto", cpu, faulty).name == "float32"
+    assert training_module.resolve_precision("auto", cpu).name == "bfloat16"
+    with pytest.raises(ValueError, match=r"cannot train.*backbone\.layer4\.0\.conv1.*'float32'"):
+        training_module.resolve_precision("bfloat16", cpu, faulty)
+    # the fault is the CPU's: CUDA keeps bfloat16
+    assert training_module.resolve_precision("auto", cuda, faulty).name == "bfloat16"
+    assert training_module.resolve_precision("bfloat16", cuda, faulty).name == "bfloat16"
+
+
 def test_bfloat16_on_a_cpu_without_it_warns_that_it_is_slow(monkeypatch):
     monkeypatch.setattr(training_module, "native_bfloat16", lambda: False)
     with pytest.warns(UserWarning, match="slower than with precision='float32'"):
