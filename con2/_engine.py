@@ -134,8 +134,10 @@ def _fit_images(detector, components, images, on_disk, group, device) -> dict:
 
         encoder = build_encoder(detector.backbone, detector.base_width, image_shape, seed, heads)
     augment = SimCLRAugment()
-    faulty = bfloat16_faulty_convolutions(encoder, image_shape) if device.type == "cpu" else ()
-    precision = resolve_precision(detector.precision, device, faulty)
+    # a no-grad pass of two zero images: cheap on any device (the rule is the CPU's)
+    precision = resolve_precision(
+        detector.precision, device, bfloat16_faulty_convolutions(encoder, image_shape)
+    )
     plan = EpochPlan(images=place_images(images, device), contexts=contexts, augment=augment,
                      objective=objective, batch_size=min(detector.batch_size, n_samples),
                      seed=seed, device=device, group=group, precision=precision)  # fmt: skip

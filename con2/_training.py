@@ -176,15 +176,17 @@ def resolve_precision(precision: str, device: torch.device, faulty: tuple = ()) 
     and ``"bfloat16"`` there is refused.
     """
     native = device.type == "cuda" or native_bfloat16()
-    faulty = tuple(faulty) if device.type == "cpu" else ()
+    faulty = faulty if device.type == "cpu" else ()  # the fault is the CPU's
     if precision == "auto":
         precision = "bfloat16" if native and not faulty else "float32"
     if precision == "bfloat16" and faulty:
         raise ValueError(
-            f"precision='bfloat16' cannot train this encoder on the CPU: {_ONE_PIXEL_WIDE} "
-            f"({', '.join(faulty)}), and the CPU's bfloat16 weight gradient of such a "
-            "convolution is garbage (NaN). Use precision='float32' (or 'auto', which "
-            "chooses it here), or images at least 5 pixels wide for the built-in ResNet18."
+            "precision='bfloat16' cannot train this encoder on the CPU: convolutions with "
+            "a kernel wider than one pixel and a stride above one across the width see "
+            f"feature maps one pixel wide ({', '.join(faulty)}), and the CPU's bfloat16 "
+            "weight gradient of such a convolution is garbage (NaN). Use precision='float32' "
+            "(or 'auto', which chooses it here), or images at least 5 pixels wide for the "
+            "built-in ResNet18."
         )
     if precision == "bfloat16" and not native:
         warn(
@@ -196,20 +198,13 @@ def resolve_precision(precision: str, device: torch.device, faulty: tuple = ()) 
     return Precision(dtype, _MEMORY_FORMATS[device.type, dtype])
 
 
-_OR_FLOAT32 = ", or train in float32 (precision='float32')"
-_ONE_PIXEL_WIDE = (
-    "convolutions with a kernel wider than one pixel and a stride above one across the "
-    "width see feature maps one pixel wide"
-)
-
-
 def bfloat16_faulty_convolutions(encoder: nn.Module, image_shape: tuple) -> tuple:
     """Name the convolutions of ``encoder`` whose bfloat16 weight gradient the CPU gets wrong.
 
     With torch 2.14.1 on an Intel Xeon with AMX, the bfloat16 (autocast) weight gradient
     of a ``Conv2d`` whose input is one pixel wide, whose kernel is wider than one pixel
     and whose stride across the width is above one holds uninitialised values (NaN in
-    a fifth to a half of the calls): oneDNN's kernel for that shape. float32 is right, and
+    20% to 70% of the calls measured): oneDNN's kernel for that shape. float32 is right, and
     so is every other shape measured (inputs 1 to 6 pixels a side, kernels 1, 3 and 7,
     strides 1 and 2). The built-in ResNet18 meets it on images under 5 pixels wide (1 x
     ``n_features`` tables of 4 features or fewer). A probe forward pass on a zero batch of
@@ -238,6 +233,9 @@ def bfloat16_faulty_convolutions(encoder: nn.Module, image_shape: tuple) -> tupl
             handle.remove()
         encoder.train(was_training)
     return tuple(found)
+
+
+_OR_FLOAT32 = ", or train in float32 (precision='float32')"
 
 
 def train_step(encoder, objective, optimizer, batch: tuple, progress: float, group=None,
@@ -429,10 +427,11 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
         # it waits for the epoch's last step, so the clock below measures the whole epoch
         loss = float(train_epoch(model, optimizer, scheduler, plan, epoch, steps))
         if not math.isfinite(loss):
+            bfloat16 = plan.precision.name == "bfloat16"
             raise FloatingPointError(
                 f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
                 f"(now {schedule.learning_rate}) or raise the objective's temperature "
-                f"({plan.objective!r}){_OR_FLOAT32 if plan.precision.name == 'bfloat16' else ''}"
+                f"({plan.objective!r}){_OR_FLOAT32 if bfloat16 else ''}"
                 "; the estimator keeps its previous state."
             )
         losses.append(loss)
