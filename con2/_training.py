@@ -203,8 +203,8 @@ def bfloat16_faulty_convolutions(encoder: nn.Module, image_shape: tuple) -> tupl
 
     With torch 2.14.1 on an Intel Xeon with AMX, the bfloat16 (autocast) weight gradient
     of a ``Conv2d`` whose input is one pixel wide, whose kernel is wider than one pixel
-    and whose stride across the width is above one holds uninitialised values (NaN in
-    20% to 70% of the calls measured): oneDNN's kernel for that shape. float32 is right, and
+    and whose stride across the width is above one holds uninitialised values (not finite
+    in 25% to 80% of the calls measured): oneDNN's kernel for that shape. float32 is right, and
     so is every other shape measured (inputs 1 to 6 pixels a side, kernels 1, 3 and 7,
     strides 1 and 2). The built-in ResNet18 meets it on images under 5 pixels wide (1 x
     ``n_features`` tables of 4 features or fewer). A probe forward pass on a zero batch of
@@ -233,9 +233,6 @@ def bfloat16_faulty_convolutions(encoder: nn.Module, image_shape: tuple) -> tupl
             handle.remove()
         encoder.train(was_training)
     return tuple(found)
-
-
-_OR_FLOAT32 = ", or train in float32 (precision='float32')"
 
 
 def train_step(encoder, objective, optimizer, batch: tuple, progress: float, group=None,
@@ -427,12 +424,13 @@ def fit_encoder(encoder, plan: EpochPlan, schedule: Schedule, checkpoint, progre
         # it waits for the epoch's last step, so the clock below measures the whole epoch
         loss = float(train_epoch(model, optimizer, scheduler, plan, epoch, steps))
         if not math.isfinite(loss):
-            bfloat16 = plan.precision.name == "bfloat16"
+            in_bfloat16 = plan.precision.name == "bfloat16"
             raise FloatingPointError(
                 f"The training loss became {loss} in epoch {epoch + 1}. Lower learning_rate "
                 f"(now {schedule.learning_rate}) or raise the objective's temperature "
-                f"({plan.objective!r}){_OR_FLOAT32 if bfloat16 else ''}"
-                "; the estimator keeps its previous state."
+                f"({plan.objective!r})"
+                + (", or train in float32 (precision='float32')" if in_bfloat16 else "")
+                + "; the estimator keeps its previous state."
             )
         losses.append(loss)
         seconds.append(time.perf_counter() - began)
