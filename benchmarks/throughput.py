@@ -474,19 +474,28 @@ def _run_case(case: dict) -> dict | None:
 
 def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), widths=None,
                    shapes=None) -> dict:  # fmt: skip
-    """Run the precision table and save it (``results/throughput-precision-cpu.json``)."""
+    """Run the precision table and save it (``results/throughput-precision-cpu.json``).
+
+    ``out``: another results file, whose README block is named after it. Fewer threads,
+    widths or images than the defaults make a smaller table, and its command says which.
+    """
     path = Path(out) if out else ROOT / "results" / "throughput-precision-cpu.json"
     widths, shapes = widths or PRECISION_WIDTHS, shapes or PRECISION_IMAGES
     identity = {"table": "precision", "rounds": rounds, "threads": list(threads),
                 "widths": list(widths), "images": list(shapes), "torch": torch.__version__,
                 "native_bfloat16": native_bfloat16()}  # fmt: skip
     results = ResultsFile(path, identity, rows="dict")
-    results.start_run(command_line("throughput.py", ("--precision-table", True),
-                                   ("--rounds", rounds)), device=torch.device("cpu"))  # fmt: skip
+    sizes = [shape[1] for shape in shapes.values()]
+    results.start_run(command_line(
+        "throughput.py", ("--precision-table", True), ("--rounds", rounds),
+        ("--threads", None if tuple(threads) == (1, 2) else threads),
+        ("--widths", None if tuple(widths) == PRECISION_WIDTHS else widths),
+        ("--image-sizes", None if shapes == PRECISION_IMAGES else sizes),
+        ("--out", out)), device=torch.device("cpu"))  # fmt: skip
     precision_table(results, threads, rounds, widths=widths, shapes=shapes)
     results.finish()
     if write_readme:
-        render_block(ROOT / "README.md", "throughput-precision-cpu", precision_text(results.data))
+        render_block(ROOT / "README.md", path.stem, precision_text(results.data))
     return results.data
 
 
@@ -709,6 +718,13 @@ if __name__ == "__main__":
         help="the views' share of a 128 px RGB step (see views_main)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the precision table")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="the precision table's thread counts")  # fmt: skip
+    parser.add_argument("--widths", type=int, nargs="+", default=list(PRECISION_WIDTHS),
+                        help="the precision table's network widths")  # fmt: skip
+    parser.add_argument("--image-sizes", type=int, nargs="+", choices=[28, 64, 128],
+                        help="the precision table's images: 28 px grayscale, 64 and 128 px "
+                        "RGB (default: all three)")  # fmt: skip
     parser.add_argument("--precision-case", default=None, help=argparse.SUPPRESS)
     add_options(parser, "out", "write-readme")
     options = parse_options(parser)
@@ -718,7 +734,11 @@ if __name__ == "__main__":
     elif options.pop("views_table"):
         views_main(options["out"], options["write_readme"])
     elif options.pop("precision_table"):
-        precision_main(options["out"], options["write_readme"], options["rounds"])
+        sizes = options["image_sizes"] or [28, 64, 128]
+        shapes = {name: shape for name, shape in PRECISION_IMAGES.items() if shape[1] in sizes}
+        precision_main(options["out"], options["write_readme"], options["rounds"],
+                       options["threads"], options["widths"], shapes)  # fmt: skip
     else:
-        options.pop("rounds")
+        for name in ("rounds", "threads", "widths", "image_sizes"):
+            options.pop(name)
         main(**options)

@@ -384,14 +384,18 @@ def test_the_precision_table_saves_each_case_and_a_rerun_measures_only_the_missi
         throughput.precision_main(**settings)
     saved = json.loads((tmp_path / "p.json").read_text())
     assert list(saved["rows"]) == ["w2 12 px gray 1t", "w4 12 px gray 1t", "w2 12 px gray 2t"]
+    assert saved["command"] == (
+        "python benchmarks/throughput.py --precision-table --rounds 1 "
+        f"--widths 2 4 --image-sizes 12 --out {tmp_path / 'p.json'}"
+    )
     monkeypatch.setattr(throughput, "_run_case", lambda case: {
         **fake_case({**case, "width": 5}), "width": case["width"]})  # fmt: skip
     measured.clear()
     result = throughput.precision_main(**settings, write_readme=True)
     assert measured == [(5, 2)]  # only the case the kill interrupted
     assert len(result["rows"]) == 4
-    assert "| 2 | 12 px gray (8) | 1 | 2.00x | 2.00x | 4.00x | 2.00x | 1.00x | 3.00x |" in (
-        readme.read_text())  # fmt: skip
+    block = readme.read_text().split("<!-- p -->")[1]  # the block is named after the file
+    assert "| 2 | 12 px gray (8) | 1 | 2.00x | 2.00x | 4.00x | 2.00x | 1.00x | 3.00x |" in block
 
 
 def test_the_views_table_profiles_a_real_fit_and_writes_its_share(benchmarks, tmp_path,
