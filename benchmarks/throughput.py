@@ -28,6 +28,8 @@ and 128 px RGB images, with one and two threads:
 
     python benchmarks/throughput.py --width 64 --write-readme
     python benchmarks/throughput.py --precision-table --write-readme
+    python benchmarks/throughput.py --precision-table --threads 2 --image-sizes 28 64 \
+        --out benchmarks/results/throughput-precision-cpu-amx.json --write-readme  # smaller
     python benchmarks/throughput.py --views-table --write-readme   # that share alone
 """
 

@@ -156,7 +156,9 @@ class Precision:
 
 
 # The memory format of each (device, dtype), chosen by measurement: channels-last on
-# CUDA (tensor-core convolutions); on the CPU see benchmarks/README.md, "Precision".
+# CUDA (tensor-core convolutions); on the CPU, bfloat16 channels-last is the faster from
+# width 16 on both CPUs measured, and at width 8 it depends on the CPU (benchmarks/README.md,
+# "CPU: float32 against bfloat16").
 _MEMORY_FORMATS = {
     ("cuda", torch.bfloat16): torch.channels_last,
     ("cuda", torch.float32): torch.channels_last,

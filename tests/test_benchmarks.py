@@ -877,8 +877,8 @@ BLOCKS = {
     "maps-cpu-2min": ("maps", None),
     "objectives-cpu-6min": ("objectives", None),
     "objectives-cpu-20min": ("objectives", None),
-    "throughput-precision-cpu": ("throughput", lambda throughput: throughput.precision_text(
-        committed("throughput-precision-cpu"))),
+    **{name: ("throughput", lambda throughput, name=name: throughput.precision_text(
+        committed(name))) for name in ("throughput-precision-cpu", "throughput-precision-cpu-amx")},
     "throughput-views-cpu": ("throughput", lambda throughput: throughput.views_text(
         committed("throughput-views-cpu"))),
 }  # fmt: skip
@@ -1079,6 +1079,19 @@ def test_the_readme_summaries_quote_the_committed_numbers():
         f"trains {per_s['1']:.0f} images/s, two processes with one thread each "
         f"{per_s['2']:.0f}, a ratio of {ratio:.2f}"
     ) in summary
+
+
+def test_the_readme_quotes_each_machines_range_of_bfloat16_fit_speed_ups():
+    """The README's precision paragraph gives, per machine, the lowest and highest speed-up
+    of the library's bfloat16 fit over its float32 one: those of the committed tables."""
+    text = " ".join((BENCHMARKS.parent / "README.md").read_text().split())
+    for name, words in (
+        ("throughput-precision-cpu", "AMD EPYC (AVX512-BF16) a bfloat16 fit ran"),
+        ("throughput-precision-cpu-amx", "AMX (two threads, 28 and 64 px)"),
+    ):
+        rows = committed(name)["rows"].values()
+        ratios = [row["fits"]["float32"] / row["fits"]["bfloat16"] for row in rows]
+        assert f"{words} {min(ratios):.1f}x to {max(ratios):.1f}x" in text, name
 
 
 def test_objectives_trains_each_objective_for_the_epochs_its_minutes_buy(tmp_path, monkeypatch):
