@@ -316,6 +316,7 @@ def scoring(device, dim, n_train, n_test, n_views) -> dict:
 
 
 PRECISION_WIDTHS = (8, 16, 64)
+PRECISION_THREADS = (1, 2)
 PRECISION_IMAGES = {"28 px gray": (1, 28), "64 px RGB": (3, 64), "128 px RGB": (3, 128)}
 FORMATS = {"contiguous": torch.contiguous_format, "channels-last": torch.channels_last}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -429,7 +430,7 @@ def precision_case(case: dict) -> dict:
     return row
 
 
-def precision_table(results, threads=(1, 2), rounds: int = 3, n_steps: int = 2,
+def precision_table(results, threads=PRECISION_THREADS, rounds: int = 3, n_steps: int = 2,
                     epochs: int = 2, widths=PRECISION_WIDTHS, shapes=None) -> dict:  # fmt: skip
     """Every (width, image, threads) case: seconds per step of each format and each fit.
 
@@ -474,7 +475,7 @@ def _run_case(case: dict) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), widths=None,
+def precision_main(out=None, write_readme=False, rounds=3, threads=PRECISION_THREADS, widths=None,
                    shapes=None) -> dict:  # fmt: skip
     """Run the precision table and save it (``results/throughput-precision-cpu.json``).
 
@@ -490,7 +491,7 @@ def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), width
     sizes = [shape[1] for shape in shapes.values()]
     results.start_run(command_line(
         "throughput.py", ("--precision-table", True), ("--rounds", rounds),
-        ("--threads", None if tuple(threads) == (1, 2) else threads),
+        ("--threads", None if tuple(threads) == PRECISION_THREADS else threads),
         ("--widths", None if tuple(widths) == PRECISION_WIDTHS else widths),
         ("--image-sizes", None if shapes == PRECISION_IMAGES else sizes),
         ("--out", out)), device=torch.device("cpu"))  # fmt: skip
@@ -501,7 +502,9 @@ def precision_main(out=None, write_readme=False, rounds=3, threads=(1, 2), width
     return results.data
 
 
-def views_main(out=None, write_readme=False, threads=(1, 2), widths=PRECISION_WIDTHS) -> dict:
+def views_main(
+    out=None, write_readme=False, threads=PRECISION_THREADS, widths=PRECISION_WIDTHS
+) -> dict:
     """Share of a bfloat16 step at 128 px RGB spent making the views, per width and threads.
 
     The measurement of the precision table's last column alone (:func:`views_share`),
@@ -720,11 +723,12 @@ if __name__ == "__main__":
         help="the views' share of a 128 px RGB step (see views_main)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the precision table")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--threads", type=int, nargs="+", default=list(PRECISION_THREADS),
                         help="the precision table's thread counts")  # fmt: skip
     parser.add_argument("--widths", type=int, nargs="+", default=list(PRECISION_WIDTHS),
                         help="the precision table's network widths")  # fmt: skip
-    parser.add_argument("--image-sizes", type=int, nargs="+", choices=[28, 64, 128],
+    sizes = [shape[1] for shape in PRECISION_IMAGES.values()]
+    parser.add_argument("--image-sizes", type=int, nargs="+", choices=sizes, default=sizes,
                         help="the precision table's images: 28 px grayscale, 64 and 128 px "
                         "RGB (default: all three)")  # fmt: skip
     parser.add_argument("--precision-case", default=None, help=argparse.SUPPRESS)
@@ -736,8 +740,8 @@ if __name__ == "__main__":
     elif options.pop("views_table"):
         views_main(options["out"], options["write_readme"])
     elif options.pop("precision_table"):
-        sizes = options["image_sizes"] or [28, 64, 128]
-        shapes = {name: shape for name, shape in PRECISION_IMAGES.items() if shape[1] in sizes}
+        shapes = {name: shape for name, shape in PRECISION_IMAGES.items()
+                  if shape[1] in options["image_sizes"]}  # fmt: skip
         precision_main(options["out"], options["write_readme"], options["rounds"],
                        options["threads"], options["widths"], shapes)  # fmt: skip
     else:
